@@ -1,0 +1,44 @@
+# sluice: `make up` runs the local stack, `make test` sets up and runs every test.
+# Both install what they need on a fresh machine and do nothing more when it is there.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: test lint unit integration k8s bench up test-cluster system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+system-deps:
+	bash .ci/system-deps
+
+test-cluster:
+	bash tests/k8s/build-control-plane.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md
+
+up: $(STAMP)
+	bash examples/run-local.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The control plane: collects, decides, acts and publishes routes."""

@@ -1,0 +1,32 @@
+"""``sluice``: one command, one subcommand per part.
+
+Subcommands are resolved by module path when they run, so ``sluice router`` starts the data
+plane without this package importing it: router and autoscaler stay independent layers, and
+the local stack runs the router as a separate process anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "router": ("router.main", "run the data plane proxy and its admin API"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        width = max(len(name) for name in SUBCOMMANDS)
+        print("usage: sluice <command> [options]\n\ncommands:")
+        for name, (_, help_) in SUBCOMMANDS.items():
+            print(f"  {name:<{width}}  {help_}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module, _ = SUBCOMMANDS[argv[0]]
+    entry = importlib.import_module(module).main
+    return int(entry(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The policy API (pydantic models, the source of the CRD schemas) and the pure decisions."""

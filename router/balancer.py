@@ -1,0 +1,145 @@
+"""Endpoint choice and the per-revision wait queue.
+
+One FIFO per revision holds every request that cannot go to an endpoint yet: while the revision
+has no ready endpoint (scale from zero: *buffered*) and while every endpoint is at its
+concurrency limit (*queued*). A request never overtakes one that is already waiting. Whenever
+capacity appears (an endpoint finishes a request, or the route table adds endpoints) the head
+of the queue is released, as many as the concurrency limits allow, so a fresh replica is not
+stampeded.
+
+Endpoint choice is least in-flight of two random choices (P2C): nearly as good as least-loaded
+and O(1). The random source is injected.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from typing import TYPE_CHECKING, Protocol
+
+from policies import routing
+
+if TYPE_CHECKING:
+    from router import stats, upstream
+
+
+class Waiter(Protocol):
+    """What the queue holds: a request that can be given an endpoint or turned away."""
+
+    enqueued_at: float
+
+    def assign(self, endpoint: Endpoint) -> None: ...
+
+    def reject(self, status: int, reason: str) -> None: ...
+
+
+class Endpoint:
+    """One replica: its in-flight count and its pool of idle keep-alive connections."""
+
+    __slots__ = ("host", "idle", "inflight", "port", "removed", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.host, self.port = routing.parse_endpoint(url)
+        self.inflight = 0
+        self.idle: list[upstream.UpstreamConnection] = []
+        self.removed = False
+
+    def close_idle(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class RevisionBackend:
+    """A revision's endpoints, concurrency limit, wait queue and stats; survives table swaps."""
+
+    __slots__ = ("depth", "endpoints", "limit", "name", "queue", "revision_header", "rng",
+                 "service", "stats", "timeout_s")
+
+    def __init__(self, service: str, name: str, stats_: stats.RevisionStats,
+                 rng: random.Random) -> None:
+        self.service = service
+        self.name = name
+        self.stats = stats_
+        self.rng = rng
+        self.endpoints: list[Endpoint] = []
+        self.limit = 0
+        self.depth = 0
+        self.timeout_s = 300.0
+        self.queue: collections.deque[Waiter] = collections.deque()
+        self.revision_header = b"X-Sluice-Revision: " + name.encode() + b"\r\n"
+
+    def pick(self) -> Endpoint | None:
+        """An endpoint with a free slot, or None (no endpoint, all full, or others waiting)."""
+        if self.queue:
+            return None
+        return self._free_endpoint()
+
+    def _free_endpoint(self) -> Endpoint | None:
+        endpoints = self.endpoints
+        n = len(endpoints)
+        if n == 0:
+            return None
+        if n == 1:
+            best = endpoints[0]
+        else:
+            i = self.rng.randrange(n)
+            j = self.rng.randrange(n - 1)
+            if j >= i:
+                j += 1
+            a, b = endpoints[i], endpoints[j]
+            best = a if a.inflight <= b.inflight else b
+        limit = self.limit
+        if limit and best.inflight >= limit:
+            best = min(endpoints, key=_inflight)
+            if best.inflight >= limit:
+                return None
+        return best
+
+    def enqueue(self, waiter: Waiter) -> bool:
+        """Queue a request; False when the queue is full (the caller answers 503)."""
+        if len(self.queue) >= self.depth:
+            return False
+        self.queue.append(waiter)
+        self.stats.buffered += 1
+        return True
+
+    def leave(self, waiter: Waiter) -> None:
+        """A queued request gave up (client gone); O(n), but only on disconnects."""
+        try:
+            self.queue.remove(waiter)
+        except ValueError:
+            return
+        self.stats.buffered -= 1
+
+    def release(self, now: float) -> None:
+        """Hand queued requests to free endpoints, oldest first, as capacity allows."""
+        queue = self.queue
+        while queue:
+            endpoint = self._free_endpoint()
+            if endpoint is None:
+                return
+            waiter = queue.popleft()
+            self.stats.buffered -= 1
+            self.stats.waited(now - waiter.enqueued_at)
+            waiter.assign(endpoint)
+
+    def expire(self, now: float) -> None:
+        """Answer 504 to queued requests past the deadline (FIFO: they are at the head)."""
+        queue = self.queue
+        deadline = now - self.timeout_s
+        while queue and queue[0].enqueued_at <= deadline:
+            waiter = queue.popleft()
+            self.stats.buffered -= 1
+            waiter.reject(504, f"no endpoint of revision {self.name} became free in time")
+
+    def reject_all(self, status: int, reason: str) -> None:
+        while self.queue:
+            waiter = self.queue.popleft()
+            self.stats.buffered -= 1
+            waiter.reject(status, reason)
+
+
+def _inflight(endpoint: Endpoint) -> int:
+    return endpoint.inflight

@@ -1,0 +1,124 @@
+"""Real processes on loopback: the router (python -m router.main) and reference model servers.
+
+Every process is started on free ports and stopped by PID when its fixture ends, also when the
+test fails. Helpers wait on conditions (an HTTP answer, a stats value) with a deadline; nothing
+asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from tests import procs
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "test-admin-token"
+
+
+class Router:
+    """A router process with a route document, reconfigurable through its admin API."""
+
+    def __init__(self, tmp_path: Path, document: dict, workers: int = 1,
+                 settings: dict | None = None) -> None:
+        config = tmp_path / f"routes-{procs.free_port()}.yaml"
+        config.write_text(yaml.safe_dump(document))
+        self.port = procs.free_port()
+        self.admin_port = procs.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        argv = [sys.executable, "-m", "router.main", "--config", str(config),
+                "--listen", f"127.0.0.1:{self.port}",
+                "--admin-listen", f"127.0.0.1:{self.admin_port}", "--workers", str(workers)]
+        for name, value in (settings or {}).items():
+            argv += ["--set", f"{name}={value}"]
+        self.proc = procs.Proc.start(argv, ready_url=f"{self.admin}/readyz",
+                                     env={"SLUICE_ADMIN_TOKEN": TOKEN}, cwd=str(ROOT))
+        if workers > 1:  # the admin API is up before every worker listens
+            self.proc.wait_ready(self.url + "/", status=None)
+
+    async def put_routes(self, document: dict, token: str = TOKEN) -> aiohttp.ClientResponse:
+        async with aiohttp.ClientSession() as session, session.put(
+                f"{self.admin}/routes", data=json.dumps(document),
+                headers={"Authorization": f"Bearer {token}"}) as response:
+            await response.read()
+            return response
+
+    async def stats(self) -> dict[str, dict]:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.admin}/stats") as response:
+            body = await response.json()
+        return {r["revision"]: r for r in body["revisions"]}
+
+    async def wait_for(self, predicate, within_s: float = 30.0) -> dict[str, dict]:
+        """Poll /stats until predicate(stats) holds; fail with the last stats after within_s."""
+        deadline = time.monotonic() + within_s
+        while True:
+            current = await self.stats()
+            if predicate(current):
+                return current
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached; last stats: {current}")
+            await asyncio.sleep(0.02)
+
+    def stop(self) -> int | None:
+        return self.proc.close()
+
+
+class ModelServer:
+    """A reference model server process (examples/model_server.py)."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = procs.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = procs.Proc.start(
+            [sys.executable, str(ROOT / "examples" / "model_server.py"),
+             "--port", str(self.port), *args],
+            ready_url=f"{self.url}/v2/health/live", cwd=str(ROOT))
+
+    async def requests(self) -> dict:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.url}/debug/requests") as response:
+            return await response.json()
+
+    def stop(self) -> int | None:
+        return self.proc.close()
+
+
+def service(*revisions: dict, **extra) -> dict:
+    return {"services": {"model": {"revisions": list(revisions), **extra}}}
+
+
+@pytest.fixture
+def start_router(tmp_path):
+    started: list[Router] = []
+
+    def start(document: dict, **kwargs) -> Router:
+        router = Router(tmp_path, document, **kwargs)
+        started.append(router)
+        return router
+
+    yield start
+    for router in started:
+        router.stop()
+
+
+@pytest.fixture
+def start_model_server():
+    started: list[ModelServer] = []
+
+    def start(*args: str) -> ModelServer:
+        server = ModelServer(*args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
