@@ -17,7 +17,6 @@ is re-chunked for HTTP/1.1 clients.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import math
@@ -83,9 +82,9 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
 class ClientConnection(asyncio.Protocol):
     """One client's connection: parses requests and answers them in order."""
 
-    __slots__ = ("_head_bytes", "_headers", "_hmap", "_url", "closed", "current", "deadline",
-                 "parser", "paused", "peer", "phase", "pipeline", "reading", "transport",
-                 "worker", "write_paused")
+    __slots__ = ("_head_bytes", "_headers", "_hmap", "_url", "closed", "corked_upstream",
+                 "current", "deadline", "feeding", "out", "parser", "paused", "peer", "phase",
+                 "pipeline", "reading", "transport", "worker", "write_paused")
 
     def __init__(self, worker: worker_.Worker) -> None:
         self.worker = worker
@@ -94,10 +93,13 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.reading: Exchange | None = None  # whose request is being parsed
         self.current: Exchange | None = None  # whose response is being produced
-        self.pipeline: collections.deque[Exchange] = collections.deque()
+        self.pipeline: list[Exchange] = []  # rare, short; a deque would cost 760 B each
         self.paused = 0
         self.write_paused = False
         self.closed = False
+        self.out: list[bytes] | None = None  # writes held while a replica's read is parsed
+        self.feeding = False  # inside data_received: writes to the replica are held
+        self.corked_upstream: upstream.UpstreamConnection | None = None
         self.phase = IDLE
         self.deadline = NEVER
         self._url = b""
@@ -113,14 +115,14 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0].encode() if isinstance(peer, tuple) else b"unix"
         worker = self.worker
         if len(worker.clients) >= worker.settings.max_connections:
-            self.transport.write(error_response(503, "too many connections", close=True,
-                                                retry_after=1))
+            self.send(error_response(503, "too many connections", close=True, retry_after=1))
             self.transport.close()
             return
         worker.clients.add(self)
         self.deadline = worker.now() + worker.settings.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -138,6 +140,31 @@ class ClientConnection(asyncio.Protocol):
                 self.data_received(rest)
         except httptools.HttpParserError as error:
             self._fail(400, f"malformed HTTP request: {error}")
+        finally:
+            self.feeding = False
+            corked = self.corked_upstream
+            if corked is not None:
+                self.corked_upstream = None
+                corked.uncork()
+
+    # Writes are corked while one read from the replica is parsed, so a small response leaves
+    # in one writev instead of one send per head, body and terminator (half the router's CPU
+    # went to those sends before).
+
+    def send(self, *parts: bytes) -> None:
+        if self.out is not None:
+            self.out.extend(parts)
+        elif not self.closed:
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def cork(self) -> None:
+        if self.out is None:
+            self.out = []
+
+    def uncork(self) -> None:
+        out, self.out = self.out, None
+        if out and not self.closed:
+            self.transport.write(b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -192,7 +219,8 @@ class ClientConnection(asyncio.Protocol):
         if self._head_bytes > self.worker.settings.max_header_bytes:
             raise Reject(431, "request headers too large")
         lname = name.lower()
-        self._hmap[lname] = value
+        if lname in self.worker.table.read_headers:  # only what routing reads: ~4 KiB/request
+            self._hmap[lname] = value                 # matters with 10,000 waiting
         if lname not in NOT_FORWARDED:
             self._headers.append((name, value))
 
@@ -223,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None:
             self.current = exchange
             if hmap.get(b"expect", b"").lower() == b"100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             exchange.dispatch(now)
         else:
             self.pipeline.append(exchange)
@@ -257,7 +285,7 @@ class ClientConnection(asyncio.Protocol):
             exchange.must_close = True
             exchange.answer(status, reason)
         elif self.current is None:
-            self.transport.write(error_response(status, reason, close=True))
+            self.send(error_response(status, reason, close=True))
             self.close()
         else:
             self.current.must_close = True  # finish the response in progress, then close
@@ -272,7 +300,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self.pipeline:
-            nxt = self.pipeline.popleft()
+            nxt = self.pipeline.pop(0)
             self.current = nxt
             if not self.pipeline:
                 self.resume(PAUSE_PIPELINE)
@@ -293,6 +321,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self.uncork()
             self.closed = True
             self.worker.clients.discard(self)
             self.transport.close()
@@ -442,6 +471,9 @@ class Exchange:
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
+        if client.feeding:  # the body may follow in this same read: send it all at once
+            conn.cork()
+            client.corked_upstream = conn
         head = self.head or self._build_head()
         if self.body:
             chunks = self.body
@@ -449,12 +481,12 @@ class Exchange:
             self.body_held = 0
             if self.chunked_in:
                 chunks = [part for c in chunks for part in (b"%x\r\n" % len(c), c, b"\r\n")]
-            transport.writelines([head, *chunks])
+            conn.send(head, *chunks)
             client.resume(PAUSE_BODY)
         else:
-            transport.write(head)
+            conn.send(head)
         if self.request_complete and self.chunked_in:
-            transport.write(b"0\r\n\r\n")
+            conn.send(b"0\r\n\r\n")
         worker = client.worker
         self.deadline = worker.now() + worker.settings.first_byte_timeout_s
         worker.active.add(self)
@@ -496,12 +528,10 @@ class Exchange:
             return
         conn = self.upstream
         if conn is not None:
-            transport = conn.transport
-            assert transport is not None
             if self.chunked_in:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                conn.send(b"%x\r\n" % len(chunk), chunk, b"\r\n")
             else:
-                transport.write(chunk)
+                conn.send(chunk)
         else:
             self.body.append(chunk)
             self.body_held += len(chunk)
@@ -512,7 +542,7 @@ class Exchange:
         self.request_complete = True
         conn = self.upstream
         if conn is not None and self.chunked_in and not self.done:
-            conn.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            conn.send(b"0\r\n\r\n")
 
     # response from the replica
 
@@ -545,7 +575,7 @@ class Exchange:
         elif self.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        client.transport.write(b"".join(parts))
+        client.send(b"".join(parts))
         self.responded = True
         worker = client.worker
         self.deadline = worker.now() + worker.settings.idle_timeout_s
@@ -553,17 +583,16 @@ class Exchange:
             self._finish(status, reuse=False)  # httptools cannot skip a HEAD response's body
 
     def response_body(self, chunk: bytes) -> None:
-        transport = self.client.transport
         if self.chunked_out:
-            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            self.client.send(b"%x\r\n" % len(chunk), chunk, b"\r\n")
         else:
-            transport.write(chunk)
+            self.client.send(chunk)
         worker = self.client.worker
         self.deadline = worker.now() + worker.settings.idle_timeout_s
 
     def response_complete(self, upstream_keep_alive: bool) -> None:
         if self.chunked_out:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.client.send(b"0\r\n\r\n")
         self._finish(self.status, reuse=upstream_keep_alive and self.request_complete)
 
     def upstream_lost(self) -> None:
@@ -575,7 +604,7 @@ class Exchange:
             self.answer(502, "the replica closed the connection without answering")
         elif self.close_delimited:  # the replica's close is the end of this body
             if self.chunked_out:
-                self.client.transport.write(b"0\r\n\r\n")
+                self.client.send(b"0\r\n\r\n")
             self._finish(self.status, reuse=False)
         else:
             self.must_close = True
@@ -630,9 +659,7 @@ class Exchange:
             return
         close = self.must_close or not self.request_complete or not self.keep_alive
         self.must_close = close
-        if not client.closed:
-            client.transport.write(error_response(status, reason, close=close,
-                                                  retry_after=retry_after))
+        client.send(error_response(status, reason, close=close, retry_after=retry_after))
         self.responded = True
         self._finish(status, reuse=False)
 

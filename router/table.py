@@ -15,6 +15,12 @@ from router import balancer
 
 PIN_HEADER = b"x-sluice-revision"
 
+READ_HEADERS = frozenset({
+    b"host", PIN_HEADER, b"content-length", b"transfer-encoding", b"expect", b"connection",
+    b"upgrade", b"cookie", b"x-request-id", b"x-forwarded-for",
+})
+"""Request headers the proxy looks at (lowercase); the rest are only forwarded."""
+
 
 class RouteError(Exception):
     """No route for a request: carries the status and the reason for the client."""
@@ -76,7 +82,7 @@ class ServiceRoute:
 class Table:
     """Service lookup by Host label or by the model name in KServe V1 / V2 paths."""
 
-    __slots__ = ("document", "only", "services")
+    __slots__ = ("document", "only", "read_headers", "services")
 
     def __init__(self, document: routing.RouteTable,
                  backend_for: Callable[[str, routing.Service, routing.Revision],
@@ -87,6 +93,8 @@ class Table:
             for name, spec in document.services.items()
         }
         self.only = next(iter(self.services.values())) if len(self.services) == 1 else None
+        self.read_headers = READ_HEADERS | {
+            s.sticky_header for s in self.services.values() if s.sticky_header}
 
     def match(self, host: bytes | None, path: bytes) -> ServiceRoute:
         if self.only is not None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_headers", "_informational", "_reason", "closed", "endpoint", "exchange",
-                 "idle_since", "parser", "transport")
+                 "idle_since", "out", "parser", "transport")
 
     def __init__(self, endpoint: balancer.Endpoint) -> None:
         self.endpoint = endpoint
@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: proxy.Exchange | None = None
         self.closed = False
+        self.out: list[bytes] | None = None
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -38,16 +39,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:  # a replica talking out of turn: not safe to reuse
+        exchange = self.exchange
+        if exchange is None:  # a replica talking out of turn: not safe to reuse
             self.close()
             return
+        client = exchange.client
+        client.cork()  # what this read produces goes to the client in one write
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            exchange = self.exchange
             self.close()
-            if exchange is not None:
-                exchange.upstream_failed("the replica sent a malformed response")
+            exchange.upstream_failed("the replica sent a malformed response")
+        finally:
+            client.uncork()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -91,6 +95,21 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.exchange is not None:
             self.exchange.response_complete(self.parser.should_keep_alive())
+
+    def send(self, *parts: bytes) -> None:
+        if self.out is not None:
+            self.out.extend(parts)
+        elif not self.closed:
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[union-attr]
+
+    def cork(self) -> None:
+        if self.out is None:
+            self.out = []
+
+    def uncork(self) -> None:
+        out, self.out = self.out, None
+        if out and not self.closed:
+            self.transport.write(b"".join(out))  # type: ignore[union-attr]
 
     # pool side
 

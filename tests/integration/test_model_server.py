@@ -360,6 +360,9 @@ async def wait_until_refused(port: int) -> None:
                     _, writer = await asyncio.open_connection("127.0.0.1", port)
                 except ConnectionRefusedError:
                     return
+                except ConnectionResetError:  # accepted into the backlog as it closed: again
+                    await asyncio.sleep(0.02)
+                    continue
                 writer.close()
                 await writer.wait_closed()
                 await asyncio.sleep(0.02)
