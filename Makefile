@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash .ci/system-deps
 
-test-cluster:
+test-cluster:  # kube-apiserver, etcd, scheduler, controller-manager, kwok: built once, cached
 	bash tests/k8s/build-control-plane.sh
 
 lint: $(STAMP)
@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps test-cluster lint
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -33,6 +33,9 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
+
+k8s: $(STAMP) test-cluster
+	$(BIN)/pytest tests/k8s
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -176,9 +177,17 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def raise_fd_limit() -> None:
+    """Every waiting client holds a socket: allow as many as the hard limit does."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    raise_fd_limit()
     settings = settings_from(args)
     document = load_document(args.config)
     try:

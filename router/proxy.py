@@ -373,13 +373,13 @@ class Exchange:
         self.chunked_out = False
         self.close_delimited = False
         self.request_complete = False
-        self.body: list[bytes] = []
+        self.body: list[bytes] | None = None  # only while waiting for an endpoint
         self.body_bytes = 0
         self.body_held = 0
         self.backend: balancer.RevisionBackend | None = None
         self.endpoint: balancer.Endpoint | None = None
         self.upstream: upstream.UpstreamConnection | None = None
-        self.failed: list[balancer.Endpoint] = []
+        self.failed: list[balancer.Endpoint] | None = None  # endpoints that refused us
         self.head = b""
         self.started = 0.0
         self.enqueued_at = 0.0
@@ -440,8 +440,8 @@ class Exchange:
                 return
             # The request never reached a replica, so another endpoint may take it.
             self._release_endpoint(worker.now())
-            self.failed.append(endpoint)
-            retry = self._untried_endpoint()
+            self.failed = [*(self.failed or ()), endpoint]
+            retry = self._untried_endpoint(self.failed)
             if retry is not None and len(self.failed) < worker.settings.connect_attempts:
                 self.assign(retry)
             else:
@@ -457,11 +457,11 @@ class Exchange:
             return
         self._send(conn)
 
-    def _untried_endpoint(self) -> balancer.Endpoint | None:
+    def _untried_endpoint(self, failed: list[balancer.Endpoint]) -> balancer.Endpoint | None:
         backend = self.backend
         if backend is None:
             return None
-        candidates = [e for e in backend.endpoints if e not in self.failed
+        candidates = [e for e in backend.endpoints if e not in failed
                       and (not backend.limit or e.inflight < backend.limit)]
         return min(candidates, key=lambda e: e.inflight) if candidates else None
 
@@ -477,7 +477,7 @@ class Exchange:
         head = self.head or self._build_head()
         if self.body:
             chunks = self.body
-            self.body = []
+            self.body = None
             self.body_held = 0
             if self.chunked_in:
                 chunks = [part for c in chunks for part in (b"%x\r\n" % len(c), c, b"\r\n")]
@@ -533,6 +533,8 @@ class Exchange:
             else:
                 conn.send(chunk)
         else:
+            if self.body is None:
+                self.body = []
             self.body.append(chunk)
             self.body_held += len(chunk)
             if self.body_held > BODY_BUFFER_BYTES:
