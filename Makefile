@@ -41,7 +41,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md
 
 up: $(STAMP)
-	bash examples/run-local.sh
+	$(BIN)/sluice up -f examples/local.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,9 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "router": ("router.main", "run the data plane proxy and its admin API"),
+    "up": ("autoscaler.local:up", "run router + autoscaler + replicas locally from one file"),
+    "status": ("autoscaler.local:status", "show each revision's replicas, load and conditions"),
+    "router": ("router.main:main", "run the data plane proxy and its admin API"),
 }
 
 
@@ -23,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, help_) in SUBCOMMANDS.items():
             print(f"  {name:<{width}}  {help_}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module, _ = SUBCOMMANDS[argv[0]]
-    entry = importlib.import_module(module).main
+    target, _ = SUBCOMMANDS[argv[0]]
+    module, _, function = target.partition(":")
+    entry = getattr(importlib.import_module(module), function or "main")
     return int(entry(argv[1:]) or 0)
 
 

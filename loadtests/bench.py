@@ -205,17 +205,7 @@ def buffer_memory(count: int) -> tuple[float, float]:
     return before, after
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--saturation-seconds", type=int, default=10)
-    parser.add_argument("--buffered", type=int, default=10_000)
-    args = parser.parse_args(argv)
-    command = "make bench  # python -m loadtests.bench " + " ".join(argv or sys.argv[1:])
-
+def router_section(args: argparse.Namespace) -> str:
     backends = (free_port(), free_port())
     proxy_port = free_port()
     rows: dict[str, list[Latency]] = {"direct": [], "router": [], "nginx": []}
@@ -236,26 +226,59 @@ def main(argv: list[str] | None = None) -> int:
             saturation["router x2"] = saturate(router_port, args.saturation_seconds)
             saturation["nginx x2"] = saturate(proxy_port, args.saturation_seconds)
     before, after = buffer_memory(args.buffered)
-    print(saturation, before, after, file=sys.stderr)
+    return render(args, rows, saturation, before, after)
+
+
+SECTIONS = {"router": router_section}
+"""Each section of docs/benchmarks.md and the function that measures and renders it. Other
+parts register theirs here (simulator, rollouts); `--only` runs a subset and keeps the rest."""
+
+
+def write_sections(path: Path, fresh: dict[str, str], header: str) -> None:
+    """Replace the named sections in the file, keeping the others as they were."""
+    old = path.read_text() if path.exists() else ""
+    kept = dict(re.findall(r"<!-- section:(\w+) -->\n(.*?)<!-- /section:\1 -->\n", old, re.S))
+    kept.update(fresh)
+    body = "".join(f"<!-- section:{name} -->\n{kept[name]}<!-- /section:{name} -->\n"
+                   for name in [*SECTIONS, *sorted(set(kept) - set(SECTIONS))] if name in kept)
+    path.write_text(header + body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--only", action="append", choices=list(SECTIONS),
+                        help="run only these sections (repeatable); the others are kept")
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--saturation-seconds", type=int, default=10)
+    parser.add_argument("--buffered", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    fresh = {}
+    for name in args.only or SECTIONS:
+        fresh[name] = SECTIONS[name](args)
+        print(f"measured {name}", file=sys.stderr)
+    header = ("# Benchmarks\n\nEach section says the command that made it (`make bench` runs "
+              "them all), when, and on what. Load generators, backends and the system under test "
+              "share one machine: compare within a table, not across machines.\n\n")
     args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(render(command, args, rows, saturation, before, after))
+    write_sections(args.out, fresh, header)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
-def render(command: str, args: argparse.Namespace, rows: dict[str, list[Latency]],
+def render(args: argparse.Namespace, rows: dict[str, list[Latency]],
            saturation: dict[str, float], before: float, after: float) -> str:
     def median(name: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in rows[name])
 
     direct50, direct99 = median("direct", "p50_ms"), median("direct", "p99_ms")
     lines = [
-        "# Benchmarks", "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}. "
-        "Load generator, backend, proxies all share this machine; compare within a table, not "
-        "across machines.", "",
         "## Router: added latency at a fixed open-loop rate", "",
+        f"Made by `{args.command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}.", "",
         f"vegeta at {args.rate} RPS for {args.seconds:g} s, {args.rounds} interleaved rounds "
         "(median of rounds shown); backend: nginx `return 200` with a 77-byte JSON body on two "
         "ports; router and nginx both split 90/10 over them with keep-alive upstream pools.", "",

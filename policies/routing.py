@@ -67,6 +67,10 @@ class Revision(_Model):
         "Ready replicas as http://host:port. Empty: requests are buffered until one appears."))
     concurrency: int = Field(0, ge=0, le=100_000, description=(
         "Most requests in flight per endpoint; 0 = unlimited. Excess waits in the buffer."))
+    unavailable: str | None = Field(None, max_length=500, description=(
+        "Why the revision cannot get an endpoint (its replicas fail to start), set by the "
+        "autoscaler. While it has no endpoint, its requests get 503 with this reason at once "
+        "instead of waiting for a replica that is not coming."))
 
     @pydantic.field_validator("endpoints")
     @classmethod

@@ -55,7 +55,7 @@ class RevisionBackend:
     """A revision's endpoints, concurrency limit, wait queue and stats; survives table swaps."""
 
     __slots__ = ("depth", "endpoints", "limit", "name", "queue", "revision_header", "rng",
-                 "service", "stats", "timeout_s")
+                 "service", "stats", "timeout_s", "unavailable")
 
     def __init__(self, service: str, name: str, stats_: stats.RevisionStats,
                  rng: random.Random) -> None:
@@ -67,6 +67,7 @@ class RevisionBackend:
         self.limit = 0
         self.depth = 0
         self.timeout_s = 300.0
+        self.unavailable: str | None = None
         self.queue: collections.deque[Waiter] = collections.deque()
         self.revision_header = b"X-Sluice-Revision: " + name.encode() + b"\r\n"
 

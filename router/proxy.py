@@ -407,6 +407,9 @@ class Exchange:
         if endpoint is not None:
             self.assign(endpoint)
             return
+        if backend.unavailable and not backend.endpoints:
+            self.answer(503, backend.unavailable, retry_after=5)
+            return
         if not backend.enqueue(self):
             self.answer(503, f"revision {backend.name} has {len(backend.queue)} requests "
                              "waiting, the most it holds", retry_after=1)

@@ -81,6 +81,7 @@ class Worker:
             backend.limit = revision.concurrency
             backend.depth = spec.buffer.depth
             backend.timeout_s = spec.buffer.timeout_s
+            backend.unavailable = revision.unavailable
             old = {e.url: e for e in backend.endpoints}
             backend.endpoints = [old.pop(url) if url in old else balancer.Endpoint(url)
                                  for url in revision.endpoints]
@@ -97,6 +98,8 @@ class Worker:
         self.generation += 1
         for backend in kept.values():
             backend.release(now)  # endpoints may have appeared
+            if backend.unavailable and not backend.endpoints:
+                backend.reject_all(503, backend.unavailable)
         for backend in dropped:  # its waiters choose again in the new table
             waiters = list(backend.queue)
             backend.queue.clear()

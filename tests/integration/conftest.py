@@ -21,6 +21,9 @@ from tests import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
+INFER = "/v2/models/model/infer"
+PAYLOAD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
+                       "data": [0.1, 0.2, 0.3, 0.4]}]}
 
 
 class Router:

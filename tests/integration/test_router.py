@@ -18,13 +18,9 @@ import httptools
 import pytest
 
 from tests import procs
-from tests.integration.conftest import service
+from tests.integration.conftest import INFER, PAYLOAD, service
 
 pytestmark = pytest.mark.integration
-
-INFER = "/v2/models/model/infer"
-PAYLOAD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
-                       "data": [0.1, 0.2, 0.3, 0.4]}]}
 
 
 def revision(name, weight=100, endpoints=(), concurrency=0):
@@ -361,3 +357,17 @@ async def test_h2c_upgrade_offer_is_declined_and_the_connection_goes_on(
         b"GET /v2/health/ready HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 2
     assert b"101" not in answer.split(b"\r\n", 1)[0]
+
+
+async def test_unavailable_revision_fails_waiting_and_new_requests_at_once(start_router):
+    router = start_router(service(revision("v1")))
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(infer(session, router))
+        await router.wait_for(lambda s: s["v1"]["buffered"] == 1)
+        reason = "replicas of v1 cannot start: exit code 127"
+        unavailable = service({**revision("v1"), "unavailable": reason})
+        assert (await router.put_routes(unavailable)).status == 200
+        async with session.post(router.url + INFER, json=PAYLOAD) as fresh:
+            assert fresh.status == 503
+            assert (await fresh.json())["error"] == reason
+        assert (await waiting).status == 503

@@ -1,0 +1,131 @@
+"""The local stack's one file: router, controller, GPUs, and each revision's command and policy.
+
+``sluice up -f examples/local.yaml`` reads it. A revision's ``scaling`` block is a
+ScalingPolicy (policies/scaling.py), the same spec the Kubernetes CRD carries, so a policy tuned
+locally or in simulation moves to the cluster unchanged::
+
+    services:
+      model:
+        revisions:
+          - name: v1
+            weight: 100
+            command: ["{python}", "examples/model_server.py", "--port", "{port}"]
+            scaling: {metric: concurrency, target: 4, minReplicas: 0, maxReplicas: 4}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies import routing
+from policies import scaling as scaling_  # `scaling` is also a field name below
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Readiness(_Model):
+    """How a replica is probed until it is ready (HTTP GET; 2xx = ready)."""
+
+    path: str = Field("/v2/health/ready", pattern=r"^/", description=(
+        "Readiness path. Default: the Open Inference Protocol's, which KServe servers answer."))
+    period_s: float = Field(0.2, gt=0, le=60, description=(
+        "Seconds between probes while starting; 0.2 as Knative's activator probes, so a ready "
+        "replica joins within a fifth of a second."))
+    timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds one probe may take.")
+    start_timeout_s: float = Field(600.0, gt=0, le=7200, description=(
+        "Seconds a replica may take to become ready before it is restarted; long for model "
+        "loading (Knative's progress deadline is 600 s)."))
+
+
+class RevisionSpec(_Model):
+    name: str = Field(pattern=routing.NAME_PATTERN, max_length=63)
+    weight: int = Field(100, ge=0, le=routing.MAX_WEIGHT)
+    command: list[str] = Field(min_length=1, description=(
+        "The model server command. {port} becomes the replica's port, {python} this Python; "
+        "the environment also gets PORT, and CUDA_VISIBLE_DEVICES when it needs GPUs."))
+    env: dict[str, str] = Field(default_factory=dict)
+    concurrency: int = Field(0, ge=0, description=(
+        "Most in-flight requests per replica (router-enforced); 0 = no limit."))
+    readiness: Readiness = Readiness()
+    scaling: scaling_.ScalingPolicy = Field(default_factory=scaling_.ScalingPolicy)
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
+        "Seconds a replica has after SIGTERM to finish its requests before SIGKILL."))
+
+    @pydantic.field_validator("scaling", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        return scaling_.load_policy(value) if isinstance(value, Mapping) else value
+
+
+class ServiceSpec(_Model):
+    revisions: list[RevisionSpec] = Field(min_length=1, max_length=64)
+    sticky: routing.Sticky | None = None
+
+    @pydantic.field_validator("revisions")
+    @classmethod
+    def _unique(cls, revisions: list[RevisionSpec]) -> list[RevisionSpec]:
+        names = [r.name for r in revisions]
+        if len(set(names)) != len(names):
+            raise ValueError("revision names must be unique")
+        return revisions
+
+
+class RouterSpec(_Model):
+    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+    admin: str = Field("127.0.0.1:8081", pattern=r"^[^:]+:\d+$")
+    workers: int = Field(1, ge=1, le=64)
+
+
+class ControllerSpec(_Model):
+    listen: str = Field("127.0.0.1:8082", pattern=r"^[^:]+:\d+$", description=(
+        "The controller's status API (read by `sluice status`). Loopback by default."))
+    tick_s: float = Field(1.0, ge=0.1, le=10, description=(
+        "Seconds between scaling decisions; pokes from the routers decide at once in between."))
+
+
+class LocalStack(_Model):
+    router: RouterSpec = RouterSpec()
+    controller: ControllerSpec = ControllerSpec()
+    gpus: list[int] | Literal["auto"] = Field(default_factory=list, description=(
+        "GPU indices replicas may use (CUDA_VISIBLE_DEVICES), or 'auto' to ask nvidia-smi. "
+        "Empty: no GPUs, and a policy with gpusPerReplica > 0 cannot scale up."))
+    services: dict[str, ServiceSpec] = Field(min_length=1)
+
+    @pydantic.field_validator("services")
+    @classmethod
+    def _names(cls, services: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        for name in services:
+            if not re.match(routing.NAME_PATTERN, name):
+                raise ValueError(f"service name {name!r} is not a DNS label")
+        return services
+
+
+def load(path: Path) -> LocalStack:
+    """The stack from YAML; raises ValueError with one ``field: reason`` line per problem."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not YAML: {error}") from None
+    try:
+        return LocalStack.model_validate(data if isinstance(data, dict) else {})
+    except pydantic.ValidationError as error:
+        raise ValueError(describe(error)) from None
+
+
+def describe(error: pydantic.ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(file)"
+        lines.append(f"{field}: {problem['msg']}")
+    return "\n".join(lines)
