@@ -1,0 +1,55 @@
+"""PromQL readings for SLOs and custom signals, through prometheus-api-client.
+
+A reading either has a value or says why it has none. "None" is never zero and never a failure:
+a rollout judge treats it as inconclusive and retries, and only after its failure limit does
+the rollout pause, saying why. The client is synchronous (requests), so queries run in a thread
+with a timeout and no retries of their own: the caller's interval is the retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float | None
+    """The query's single value, or None when there is no usable value."""
+    problem: str | None = None
+    """Why there is no value: unreachable, an error from Prometheus, no data."""
+
+
+class PrometheusSource:
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s,
+                                         retry=Retry(total=0))
+
+    async def query(self, expr: str) -> Reading:
+        """An instant query that must yield one number (aggregate it, e.g. with sum())."""
+        try:
+            result = await asyncio.to_thread(self._client.custom_query, expr)
+        except (PrometheusApiClientException, requests.RequestException, ValueError) as error:
+            return Reading(None, f"Prometheus at {self.url} did not answer {expr!r}: {error}")
+        if isinstance(result, list):
+            if not result:
+                return Reading(None, f"no data for {expr!r}")
+            if len(result) > 1:
+                return Reading(None, f"{expr!r} returned {len(result)} series; aggregate it "
+                                     "to one (e.g. sum(...))")
+            sample = result[0].get("value")
+        else:  # a scalar result: [time, "value"]
+            sample = result
+        try:
+            value = float(sample[1])
+        except (TypeError, ValueError, IndexError):
+            return Reading(None, f"unexpected answer to {expr!r}: {result!r}")
+        if math.isnan(value):
+            return Reading(None, f"{expr!r} is NaN (no traffic in its window?)")
+        return Reading(value)
