@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -125,3 +126,74 @@ def start_model_server():
     yield start
     for server in started:
         server.stop()
+
+
+MODEL_SERVER = ["{python}", str(ROOT / "examples" / "model_server.py"), "--port", "{port}"]
+
+
+class Stack:
+    """A `sluice up` process on free ports."""
+
+    def __init__(self, tmp_path: Path, revisions: list[dict], **extra) -> None:
+        self.port, self.admin, self.status_port = (procs.free_port() for _ in range(3))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.file = tmp_path / "stack.yaml"
+        self.file.write_text(yaml.safe_dump({
+            "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}"},
+            "controller": {"listen": f"127.0.0.1:{self.status_port}", "tick_s": 0.5},
+            "services": {"model": {"revisions": revisions}}, **extra}))
+        self.proc = procs.Proc.start(
+            [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file)],
+            ready_url=f"http://127.0.0.1:{self.status_port}/status", cwd=str(ROOT))
+
+    def status(self) -> dict[str, dict]:
+        out = json.load(urllib.request.urlopen(
+            f"http://127.0.0.1:{self.status_port}/status", timeout=5))
+        return {row["name"]: row for row in out["revisions"]}
+
+    def wait_for(self, predicate, within_s: float = 60.0) -> dict[str, dict]:
+        deadline = time.monotonic() + within_s
+        while True:
+            current = self.status()
+            if predicate(current):
+                return current
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached; last status: {current}")
+            time.sleep(0.1)
+
+    def descendants(self) -> set[int]:
+        """PIDs started by the stack (router, replicas), found through the process tree."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = set(), [self.proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.add(child)
+                todo.append(child)
+        return found
+
+
+def stack_revision(name: str = "v1", weight: int = 100, command=None, **policy) -> dict:
+    return {"name": name, "weight": weight, "command": command or MODEL_SERVER,
+            "scaling": {"metric": "concurrency", "target": 1, "targetUtilization": 1.0,
+                        "minReplicas": 0,
+                        "initialScale": 0, **policy}}
+
+
+@pytest.fixture
+def start_stack(tmp_path):
+    stacks: list[Stack] = []
+
+    def start(revisions: list[dict], **extra) -> Stack:
+        stacks.append(Stack(tmp_path, revisions, **extra))
+        return stacks[-1]
+
+    yield start
+    for stack in stacks:
+        stack.proc.close()

@@ -1,0 +1,82 @@
+"""Locust through the real router to real model servers, driven by loadtests.run.run_locust.
+
+Covered: a constant-rate run delivers about users x per-user rate x time requests, all
+successful, split over both revisions by the route weights and counted per revision from
+X-Sluice-Revision; failed answers are counted as failures with their status code and revision;
+a Step run ends by itself before the run's hard end; non-loopback hosts are refused before
+anything starts; and the harness never imports Locust into the calling process. The schedules'
+timing is unit-tested in tests/unit/test_shapes.py.
+
+Not covered here: RampFromZero against a scale-from-zero revision and sticky users, which need
+the autoscaler and belong to its end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from loadtests import run, shapes
+from tests.integration.conftest import ROOT, service
+
+pytestmark = pytest.mark.integration
+
+USERS = 10
+USER_RPS = 3.0
+SECONDS = 6.0
+
+
+def revision(name: str, weight: int, url: str) -> dict:
+    return {"name": name, "weight": weight, "endpoints": [url]}
+
+
+def test_constant_rate_is_delivered_and_counted_per_revision(start_model_server, start_router):
+    stable = start_model_server("--revision", "v1")
+    canary = start_model_server("--revision", "v2")
+    router = start_router(service(revision("v1", 80, stable.url), revision("v2", 20, canary.url)))
+
+    summary = run.run_locust(router.url, shapes.Constant(USERS), SECONDS,
+                             env={"SLUICE_USER_RPS": str(USER_RPS)})
+
+    # Spawning spreads users over the first second and the last tick lands up to a second late.
+    assert summary.requests == pytest.approx(USERS * USER_RPS * SECONDS, rel=0.25)
+    assert summary.failures == 0
+    assert summary.status_codes == {200: summary.requests}
+    assert set(summary.revisions) == {"v1", "v2"}
+    assert sum(summary.requests_by_revision.values()) == summary.requests
+    # Smooth weighting makes 80/20 exact to within a request per revision.
+    assert summary.requests_by_revision["v2"] == pytest.approx(summary.requests * 0.2, abs=2)
+    assert 0 < summary.p50_ms <= summary.p99_ms
+
+
+def test_failed_answers_are_counted_with_their_revision(start_model_server, start_router):
+    broken = start_model_server("--revision", "v1", "--error-rate", "1.0")
+    router = start_router(service(revision("v1", 100, broken.url)))
+    step = shapes.Step(idle_seconds=1, users=5, hold_seconds=2)
+
+    # The step ends at 3 s, well before the hard end: the shape stops the run by itself.
+    summary = run.run_locust(router.url, step, seconds=20, env={"SLUICE_USER_RPS": "4"})
+
+    assert 0 < summary.requests <= step.users * 4 * (step.hold_seconds + 1)
+    assert summary.failures == summary.requests
+    assert summary.failure_ratio == 1.0
+    assert summary.status_codes == {500: summary.requests}
+    assert summary.revisions["v1"].failures == summary.requests
+
+
+@pytest.mark.parametrize("host", [
+    "http://10.0.0.1:8080", "http://192.168.1.1", "http://example.com", "http://localhost:8080",
+    "http://[::1]:8080", "ftp://127.0.0.1", "127.0.0.1:8080",
+])
+def test_only_loopback_hosts_are_accepted(host):
+    with pytest.raises(ValueError, match="host"):
+        run.run_locust(host, shapes.Constant(1), 1.0)
+
+
+def test_the_harness_does_not_bring_locust_into_its_caller():
+    """Importing Locust gevent-patches the importer; run.py must stay usable from pytest."""
+    check = ("import sys, loadtests.run, loadtests.shapes; "
+             "sys.exit(sorted({'locust', 'gevent'} & set(sys.modules)) or None)")
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=60)
