@@ -111,10 +111,16 @@ async def put_routes(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
+    """Per revision figures; ``?raw=1`` adds the additive counters and latency histogram
+    (bucket bounds in ``latency_bounds_s``) that canary analysis compares window by window."""
     revisions = await _revisions(request.app[CONTROL])
-    for revision in revisions:
-        del revision["raw"]
-    return web.json_response({"revisions": revisions})
+    body: dict[str, Any] = {"revisions": revisions}
+    if request.query.get("raw") == "1":
+        body["latency_bounds_s"] = stats.LATENCY_BOUNDS_S
+    else:
+        for revision in revisions:
+            del revision["raw"]
+    return web.json_response(body)
 
 
 async def _revisions(control: control_.Control) -> list[dict[str, Any]]:

@@ -371,3 +371,16 @@ async def test_unavailable_revision_fails_waiting_and_new_requests_at_once(start
             assert fresh.status == 503
             assert (await fresh.json())["error"] == reason
         assert (await waiting).status == 503
+
+
+async def test_raw_stats_carry_the_exact_latency_histogram(start_router, start_model_server):
+    server = start_model_server()
+    router = start_router(service(revision("v1", endpoints=[server.url])))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(30):
+            assert (await infer(session, router)).status == 200
+        async with session.get(router.admin + "/stats?raw=1") as response:
+            body = await response.json()
+    raw = body["revisions"][0]["raw"]
+    assert len(raw["latency_buckets"]) == len(body["latency_bounds_s"]) + 1
+    assert sum(raw["latency_buckets"]) == raw["latency_count"] == sum(raw["by_class"])
