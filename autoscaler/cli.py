@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "up": ("autoscaler.local:up", "run router + autoscaler + replicas locally from one file"),
     "status": ("autoscaler.local:status", "show each revision's replicas, load and conditions"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
+    "simulate": ("autoscaler.simulate", "replay a traffic trace against a scaling policy"),
 }
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import aiohttp
 
+from autoscaler import simulate
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
 VEGETA_VERSION = "v12.12.0"
@@ -229,7 +231,7 @@ def router_section(args: argparse.Namespace) -> str:
     return render(args, rows, saturation, before, after)
 
 
-SECTIONS = {"router": router_section}
+SECTIONS = {"router": router_section, "simulator": simulate.benchmark_section}
 """Each section of docs/benchmarks.md and the function that measures and renders it. Other
 parts register theirs here (simulator, rollouts); `--only` runs a subset and keeps the rest."""
 

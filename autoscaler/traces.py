@@ -1,0 +1,172 @@
+"""Request-rate traces for the simulator: the bundled shapes, and a user's CSV.
+
+A trace is the number of requests arriving in each second. The bundled ones are deterministic
+generators: a rate curve with Poisson arrivals drawn from a seeded numpy generator, so a run is
+reproducible and the noise is the noise real traffic has at that rate. Each names the replica
+model it is meant for (cold start, GPU inventory) and the example policy it is benchmarked with.
+
+CSV traces have a header ``t,rps`` and one row per change of rate: ``rps`` holds from ``t``
+until the next row's ``t``, the last row for one second. Times are seconds, increasing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_SEED = 20240611
+CPU_COLD_START_S = 10.0
+"""Pod start plus model load of a small CPU model server."""
+MAX_TRACE_S = 7 * 24 * 3600
+"""A week of seconds: the longest CSV trace accepted, so a typo in ``t`` fails clearly."""
+
+Rates = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    rps: Rates
+    """Requests arriving in second i."""
+    description: str
+    cold_start_s: float = CPU_COLD_START_S
+    """Seconds from a replica's start (its GPUs granted) to ready."""
+    gpu_inventory: int | None = None
+    """GPUs this revision's replicas may use in total; None when not GPU-bound."""
+    policy: str = "cpu.yaml"
+    """The example policy (examples/policies/) the trace is benchmarked with."""
+
+    @property
+    def duration_s(self) -> int:
+        return len(self.rps)
+
+
+class TraceError(ValueError):
+    """A CSV trace that cannot be read; the message names the line and column."""
+
+
+def steady(seed: int) -> Trace:
+    rate = np.full(1800, 1000.0)
+    return Trace("steady", _arrivals(rate, seed), "1000 rps for 30 min (Poisson)")
+
+
+def step(seed: int) -> Trace:
+    rate = np.concatenate([np.full(600, 400.0), np.full(1200, 1600.0), np.full(600, 400.0)])
+    return Trace("step", _arrivals(rate, seed), "400 → 1600 rps at 10 min, back at 30 min")
+
+
+def spike(seed: int) -> Trace:
+    rate = np.full(2400, 300.0)
+    rate[600:660] = 2400.0
+    rate[1500:1530] = 1500.0
+    return Trace("spike", _arrivals(rate, seed),
+                 "300 rps with an 8x spike for 60 s at 10 min and a 5x one for 30 s at 25 min")
+
+
+def diurnal(seed: int) -> Trace:
+    t = np.arange(7200)
+    rate = 1100.0 - 900.0 * np.cos(2 * np.pi * t / 7200)
+    return Trace("diurnal", _arrivals(rate, seed),
+                 "a day compressed into 2 h: 200 rps at night, 2000 rps at noon")
+
+
+def bursty(seed: int) -> Trace:
+    """Bursts arrive as a Poisson process (one every 3 min on average), each multiplying the
+    rate by 1.5-3 for 10-60 s."""
+    rng = np.random.default_rng(seed)
+    rate = np.full(2400, 800.0)
+    at = rng.exponential(180.0)
+    while at < len(rate):
+        length = int(rng.integers(10, 61))
+        rate[int(at):int(at) + length] *= rng.uniform(1.5, 3.0)
+        at += length + rng.exponential(180.0)
+    return Trace("bursty", _arrivals(rate, seed + 1),
+                 "800 rps with bursts of 1.5-3x for 10-60 s, one every 3 min on average")
+
+
+def gpu(seed: int) -> Trace:
+    """An LLM's morning: quiet, a ramp over 20 min, a burst, a slow decline. Replicas take
+    120 s to load the model; 40 GPUs hold 20 two-GPU replicas, enough for the peak."""
+    rate = np.concatenate([
+        np.full(300, 4.0),
+        np.linspace(4.0, 24.0, 1200),
+        np.full(900, 24.0),
+        np.full(240, 32.0),
+        np.linspace(24.0, 8.0, 960),
+    ])
+    return Trace("gpu", _arrivals(rate, seed),
+                 "LLM traffic 4 → 24 rps over 20 min, a 32 rps burst for 4 min, decline to 8",
+                 cold_start_s=120.0, gpu_inventory=40, policy="gpu.yaml")
+
+
+BUNDLED: dict[str, Callable[[int], Trace]] = {
+    "step": step, "spike": spike, "diurnal": diurnal, "bursty": bursty, "gpu": gpu,
+    "steady": steady,
+}
+"""The bundled traces by name."""
+CONTROL = "steady"
+"""The trace a scaler should not move on: its target is no scale events."""
+
+
+def bundled(name: str, seed: int = DEFAULT_SEED) -> Trace:
+    return BUNDLED[name](seed)
+
+
+def load_csv(path: Path) -> Trace:
+    """Read a ``t,rps`` CSV into per-second arrivals; TraceError says what is wrong and where."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
+    rows = csv.reader(text.splitlines())
+    header = [name.strip() for name in next(rows, [])]
+    if header != ["t", "rps"]:
+        raise TraceError(f"{path}:1: the header must be 't,rps', got {','.join(header)!r}")
+    changes: list[tuple[float, float]] = []
+    for line, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 2:
+            raise TraceError(f"{path}:{line}: expected 2 columns (t,rps), got {len(row)}")
+        t = _number(path, line, "t", row[0])
+        rps = _number(path, line, "rps", row[1])
+        if changes and t <= changes[-1][0]:
+            raise TraceError(f"{path}:{line}: t must increase, got {t:g} after "
+                             f"{changes[-1][0]:g}")
+        if t > MAX_TRACE_S:
+            raise TraceError(f"{path}:{line}: t must be at most {MAX_TRACE_S} s, got {t:g}")
+        changes.append((t, rps))
+    if not changes:
+        raise TraceError(f"{path}: no rows after the header")
+    return Trace(path.stem, _held(changes), f"{path.name}: {len(changes)} rows")
+
+
+def _number(path: Path, line: int, column: str, cell: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise TraceError(f"{path}:{line}: {column} must be a number, got {cell.strip()!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise TraceError(f"{path}:{line}: {column} must be a non-negative number, got {value:g}")
+    return value
+
+
+def _held(changes: list[tuple[float, float]]) -> Rates:
+    """Per-second rates from (t, rps) change points, each held until the next; time starts at
+    the first row."""
+    start = changes[0][0]
+    ends = [t - start for t, _ in changes[1:]] + [changes[-1][0] - start + 1]
+    seconds = np.arange(math.ceil(ends[-1]))
+    which = np.searchsorted(np.array(ends), seconds, side="right")
+    return np.array([rps for _, rps in changes], dtype=np.float64)[which]
+
+
+def _arrivals(rate: Rates, seed: int) -> Rates:
+    return np.random.default_rng(seed).poisson(rate).astype(np.float64)
