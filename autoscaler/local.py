@@ -35,6 +35,8 @@ COLUMNS = ("service", "name", "weight", "desired", "ready", "rps", "inflight", "
 def up(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sluice up", description="run the local stack")
     parser.add_argument("-f", "--file", type=Path, required=True, help="stack YAML")
+    parser.add_argument("--run-dir", type=Path, help="where replica and router logs go "
+                                                     "(default: a new temporary directory)")
     args = parser.parse_args(argv)
     try:
         stack = config.load(args.file)
@@ -44,11 +46,12 @@ def up(argv: list[str]) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     import uvloop
-    return uvloop.run(run_stack(stack))
+    if args.run_dir is not None:
+        args.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return uvloop.run(run_stack(stack, args.run_dir or Path(tempfile.mkdtemp(prefix="sluice-up-"))))
 
 
-async def run_stack(stack: config.LocalStack) -> int:
-    run_dir = Path(tempfile.mkdtemp(prefix="sluice-up-"))
+async def run_stack(stack: config.LocalStack, run_dir: Path) -> int:
     token = secrets.token_hex(16)
     router = await _start_router(stack, run_dir, token)
     stopping = asyncio.Event()

@@ -143,7 +143,8 @@ class Stack:
             "controller": {"listen": f"127.0.0.1:{self.status_port}", "tick_s": 0.5},
             "services": {"model": {"revisions": revisions}}, **extra}))
         self.proc = procs.Proc.start(
-            [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file)],
+            [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file),
+             "--run-dir", str(tmp_path / "run")],
             ready_url=f"http://127.0.0.1:{self.status_port}/status", cwd=str(ROOT))
 
     def status(self) -> dict[str, dict]:
