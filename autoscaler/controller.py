@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,8 @@ class RevisionControl:
     state: decider.DeciderState = field(default_factory=decider.DeciderState)
     decision: decider.ScalingDecision | None = None
     load: routers.RevisionLoad = NO_LOAD
+    poke_to_start_ms: float | None = None
+    """From the router's poke to a replica start requested, the last time a poke started one."""
 
 
 class Controller:
@@ -78,8 +81,14 @@ class Controller:
 
     def on_poke(self, event: dict[str, Any]) -> None:
         revision = self.revisions.get((event.get("service", ""), event.get("revision", "")))
-        if revision is not None:
-            self._decide(revision, buffered=max(1, int(event.get("buffered", 1))))
+        if revision is None:
+            return
+        starting = revision.replicas.count(replicas.State.STARTING)
+        self._decide(revision, buffered=max(1, int(event.get("buffered", 1))))
+        poked_at = event.get("time")
+        if revision.replicas.count(replicas.State.STARTING) > starting and isinstance(
+                poked_at, int | float):
+            revision.poke_to_start_ms = round((time.time() - poked_at) * 1000, 2)
 
     def _decide(self, revision: RevisionControl, buffered: int = 0) -> None:
         policy = revision.spec.scaling
@@ -144,6 +153,7 @@ class Controller:
                 "starting": pool.count(replicas.State.STARTING), "restarts": pool.restarts,
                 "rps": round(load.rps_6s, 2), "inflight": load.inflight,
                 "p99_ms": load.p99_ms, "buffered": load.buffered, "conditions": conditions,
+                "poke_to_start_ms": revision.poke_to_start_ms,
             })
         return rows
 

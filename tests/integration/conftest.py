@@ -134,13 +134,14 @@ MODEL_SERVER = ["{python}", str(ROOT / "examples" / "model_server.py"), "--port"
 class Stack:
     """A `sluice up` process on free ports."""
 
-    def __init__(self, tmp_path: Path, revisions: list[dict], **extra) -> None:
+    def __init__(self, tmp_path: Path, revisions: list[dict], tick_s: float = 0.5,
+                 **extra) -> None:
         self.port, self.admin, self.status_port = (procs.free_port() for _ in range(3))
         self.url = f"http://127.0.0.1:{self.port}"
         self.file = tmp_path / "stack.yaml"
         self.file.write_text(yaml.safe_dump({
             "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}"},
-            "controller": {"listen": f"127.0.0.1:{self.status_port}", "tick_s": 0.5},
+            "controller": {"listen": f"127.0.0.1:{self.status_port}", "tick_s": tick_s},
             "services": {"model": {"revisions": revisions}}, **extra}))
         self.proc = procs.Proc.start(
             [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file),
@@ -191,8 +192,8 @@ def stack_revision(name: str = "v1", weight: int = 100, command=None, **policy) 
 def start_stack(tmp_path):
     stacks: list[Stack] = []
 
-    def start(revisions: list[dict], **extra) -> Stack:
-        stacks.append(Stack(tmp_path, revisions, **extra))
+    def start(revisions: list[dict], **kwargs) -> Stack:
+        stacks.append(Stack(tmp_path, revisions, **kwargs))
         return stacks[-1]
 
     yield start

@@ -23,7 +23,9 @@ from tests.integration.conftest import INFER, MODEL_SERVER, PAYLOAD, ROOT, stack
 pytestmark = pytest.mark.integration
 
 async def test_first_request_at_zero_replicas_is_served_after_a_cold_start(start_stack):
-    stack = start_stack([stack_revision(command=[*MODEL_SERVER, "--startup-delay", "1"])])
+    # Ticks 10 s apart: within this request's life only the router's poke can start a replica.
+    stack = start_stack([stack_revision(command=[*MODEL_SERVER, "--startup-delay", "1"])],
+                        tick_s=10)
     assert stack.status()["v1"]["ready"] == 0
     async with aiohttp.ClientSession() as session, session.post(
             stack.url + INFER, json=PAYLOAD) as response:
@@ -31,6 +33,7 @@ async def test_first_request_at_zero_replicas_is_served_after_a_cold_start(start
     row = stack.status()["v1"]
     assert row["ready"] == 1
     assert row["restarts"] == 0
+    assert row["poke_to_start_ms"] is not None  # started by the poke, not by a later tick
 
 
 async def test_idle_revision_scales_to_zero_after_the_grace_period(start_stack):
