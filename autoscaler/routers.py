@@ -34,6 +34,34 @@ class RevisionLoad:
     errors: int
 
 
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative outcome counts of one revision; subtract two to get a window's."""
+
+    requests: int
+    """Requests answered (any status, 499 included)."""
+    errors: int
+    """Answered 5xx (the router's own 502/503/504 included: the client saw them)."""
+    latency_buckets: tuple[int, ...]
+    latency_bounds_s: tuple[float, ...]
+    """Upper bounds of the buckets; the last bucket is everything above the last bound."""
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(self.requests + other.requests, self.errors + other.errors,
+                        tuple(a + b for a, b in zip(self.latency_buckets,
+                                                     other.latency_buckets, strict=True)),
+                        self.latency_bounds_s)
+
+    def __sub__(self, earlier: Counters) -> Counters:
+        """The window between an earlier snapshot and this one (a restart resets to this)."""
+        if self.requests < earlier.requests:
+            return self
+        return Counters(self.requests - earlier.requests, self.errors - earlier.errors,
+                        tuple(a - b for a, b in zip(self.latency_buckets,
+                                                     earlier.latency_buckets, strict=True)),
+                        self.latency_bounds_s)
+
+
 class RouterClient:
     TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
 
@@ -53,6 +81,22 @@ class RouterClient:
             for row in answer["revisions"]:
                 rows.setdefault((row["service"], row["revision"]), []).append(row)
         return {key: _summed(parts) for key, parts in rows.items()}
+
+    async def counters(self) -> dict[Key, Counters]:
+        """Cumulative per-revision counters from every router, added up (for window deltas)."""
+        answers = await asyncio.gather(
+            *(self._get(url + "/stats?raw=1") for url in self.admin_urls))
+        totals: dict[Key, Counters] = {}
+        for answer in answers:
+            bounds = tuple(answer["latency_bounds_s"])
+            for row in answer["revisions"]:
+                raw = row["raw"]
+                counters = Counters(requests=sum(raw["by_class"]), errors=raw["by_class"][5],
+                                    latency_buckets=tuple(raw["latency_buckets"]),
+                                    latency_bounds_s=bounds)
+                key = (row["service"], row["revision"])
+                totals[key] = totals[key] + counters if key in totals else counters
+        return totals
 
     async def publish(self, document: dict[str, Any]) -> None:
         """PUT the route table to every router; raises if any refuses it."""
