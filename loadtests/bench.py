@@ -36,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
-from autoscaler import simulate
+from autoscaler import rollout_bench, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -285,6 +285,7 @@ SECTIONS = {
     "router": router_section,
     "coldstart": coldstart_section,
     "simulator": simulate.benchmark_section,
+    "rollouts": rollout_bench.benchmark_section,
 }
 """Each section of docs/benchmarks.md and the function that measures and renders it. Other
 parts register theirs here (simulator, rollouts); `--only` runs a subset and keeps the rest."""
