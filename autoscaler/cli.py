@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "status": ("autoscaler.local:status", "show each revision's replicas, load and conditions"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.simulate", "replay a traffic trace against a scaling policy"),
+    "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),
 }
 
 
