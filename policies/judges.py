@@ -43,7 +43,7 @@ probability ≤ alpha, however long it is watched).
   over θ = √2 … 64 (12 values, evenly spaced in log θ) fails the canary when it reaches
   1/alpha_m. Example: 10 % of 50 RPS, canary 5 % errors, stable 0.5 %: each error is the
   canary's with probability 0.53 instead of 0.10, 0.57 nats of evidence per error, 0.48
-  errors/s: past 1/alpha_m = 200 (ln 200 = 5.3 nats plus the mixture's cost) in about 25 s.
+  errors/s: past 1/alpha_m = 250 (ln 250 = 5.5 nats plus the mixture's cost) in about 25 s.
 - Errors, early pass: a ratio says nothing while errors are rare, so the pass is on the
   difference: a confidence sequence for each arm's error rate (a beta-binomial mixture, exact
   for any number of looks), and the canary passes once its upper bound minus stable's lower
@@ -63,9 +63,17 @@ probability ≤ alpha, however long it is watched).
   its upper end is below. Example: sigma 0.45, canary 5 RPS, stable 45 RPS: I grows by 22 per
   second; a 50 % slower canary (ln 1.5 = 0.41) has its lower end at 0.41 - 0.25 > ln 1.1 =
   0.095 after 10 s.
-- Several metrics: alpha is split evenly between errors and latency, alpha_m = alpha / 2
-  (Bonferroni). The union bound holds for the supremum over time as well, so the family stays
-  always-valid: P(any metric ever falsely fails) ≤ Σ alpha_m = alpha. The errors pass uses two
+- The SLO itself: whatever stable does, the canary fails once it is shown to breach the SLO
+  — the lower end of an always-valid confidence sequence on its error rate above
+  ``1 - min``, or on its share of requests slower than ``maxMs`` above ``1 - quantile`` (the
+  same beta-binomial sequences as the errors pass). Not shown is not a breach: these two
+  only ever fail a canary, they never hold one back.
+- Several metrics: alpha is split over the four tests that can fail a canary (Bonferroni,
+  with weights): 40 % each to errors and latency against stable, which must be fast, 10 %
+  each to errors and latency against the SLO, a safety net for what stable does not show
+  (a tenth of alpha costs ln 4 = 1.4 nats more evidence than 40 %: seconds, for a breach
+  worth stopping). The union bound holds for the supremum over time as well, so the family
+  stays always-valid: P(any test ever falsely fails) ≤ Σ alpha_m = alpha. The errors pass uses two
   sequences, each at alpha_m / 2. Custom metrics are bounds on a value the user's query
   computes, as Flagger's are; they are not tests and are outside this budget.
 
@@ -88,8 +96,15 @@ from policies import rollout
 
 METRIC_ERRORS = "errors"
 METRIC_LATENCY = "latency"
+METRIC_ERRORS_SLO = "errors-slo"
+METRIC_LATENCY_SLO = "latency-slo"
 STATISTICAL_METRICS = 2
 """Errors and latency share alpha (Bonferroni); custom metrics are bounds, not tests."""
+COMPARISON_SHARE = 0.4
+"""Share of alpha for each of the sequential judge's comparisons with stable (errors, latency)."""
+SLO_SHARE = 0.1
+"""Share of alpha for each of its tests against the SLO (errors, latency); the four shares add
+up to 1 (Bonferroni)."""
 
 LOG_FLOOR_S = 1e-6
 """A latency of 0 (a clock's rounding) counts as 1 µs, so its logarithm is finite."""
@@ -448,6 +463,8 @@ class SequentialState:
     """S: Σ over intervals of the log-latency difference over its variance."""
     latency_information: float = 0.0
     """I: Σ over intervals of 1 / variance of the log-latency difference."""
+    canary_slow: int = 0
+    """Canary requests slower than the SLO's ``maxMs``."""
 
 
 def sequential(
@@ -468,12 +485,14 @@ def sequential(
         variance = max(ours_var / ours_n + theirs_var / theirs_n, 1e-12)
         score += (ours_sum / ours_n - theirs_sum / theirs_n) / variance
         information += 1 / variance
-    new_state = SequentialState(log_lrs, canary, stable, score, information)
+    slow = state.canary_slow + ours.latencies.count_above(policy.slo.latency.max_ms / 1000)
+    new_state = SequentialState(log_lrs, canary, stable, score, information, slow)
 
-    alpha_m = policy.analysis.alpha / STATISTICAL_METRICS
+    compared, held = (policy.analysis.alpha * share for share in (COMPARISON_SHARE, SLO_SHARE))
     findings = [
-        _sequential_errors(new_state, policy, alpha_m, window.deciding_weight),
-        _sequential_latency(new_state, policy, alpha_m),
+        _sequential_errors(new_state, policy, compared, window.deciding_weight),
+        _sequential_latency(new_state, policy, compared),
+        *_sequential_slo(new_state, policy, held),
         *_custom_findings(window, policy),
     ]
     return _verdict(rollout.Judge.SEQUENTIAL, findings), new_state
@@ -563,6 +582,40 @@ def _sequential_latency(state: SequentialState, policy: rollout.RolloutPolicy,
                    statistic=z, likelihood_ratio=math.exp(min(log_lr, 700.0)),
                    interval=(low, high), canary_samples=state.canary.requests,
                    stable_samples=state.stable.requests)
+
+
+def _sequential_slo(state: SequentialState, policy: rollout.RolloutPolicy,
+                    alpha_m: float) -> list[Finding]:
+    """The canary's error rate and slow share against the SLO's allowances: fail once the lower
+    end of their confidence sequence is above the allowance; otherwise pass (not shown to
+    breach), so that these never hold a canary back, and a canary without traffic is judged
+    by the comparisons, which say inconclusive."""
+    canary = state.canary
+    success, latency = policy.slo.success_rate, policy.slo.latency
+    quantile = f"p{100 * latency.quantile:g}"
+    checks = (
+        (METRIC_ERRORS_SLO, canary.errors, canary.requests, 1 - success.minimum / 100,
+         f"success rate ≥ {success.minimum:g} %", "errors"),
+        (METRIC_LATENCY_SLO, state.canary_slow, canary.timed, 1 - latency.quantile,
+         f"{quantile} ≤ {latency.max_ms:g} ms", f"slower than {latency.max_ms:g} ms"),
+    )
+    findings = []
+    for metric, count, total, allowed, slo, what in checks:
+        if total == 0:
+            findings.append(Finding(metric, Outcome.PASS, f"{slo}: no requests yet", unit="%",
+                                    bound=100 * allowed))
+            continue
+        low, high = _rate_bounds(count, total, alpha_m)
+        facts = (f"{count} of {total} {what}, {100 * count / total:.2f} % within "
+                 f"[{100 * low:.2f}, {100 * high:.2f}] %")
+        breached = low > allowed
+        reason = (f"{slo} breached: {facts} > {100 * allowed:g} %" if breached
+                  else f"{slo} not shown breached: {facts}")
+        findings.append(Finding(
+            metric, Outcome.FAIL if breached else Outcome.PASS, reason,
+            observed=100 * count / total, bound=100 * allowed, unit="%", statistic=float(count),
+            interval=(100 * low, 100 * high), canary_samples=total))
+    return findings
 
 
 def _rate_bounds(errors: int, requests: int, alpha: float) -> tuple[float, float]:

@@ -32,6 +32,7 @@ Which judge reads what (policies/judges.py has the statistics):
   canary shown to err more than stable, or to be slower by more than ``tolerancePercent``; it
   passes one shown within the tolerance on latency and close enough to stable's error rate
   that, at the weight it is about to get, the service errs at most ``marginPoints`` more.
+  It also fails a canary shown to breach the SLO (``min``, ``maxMs``) whatever stable does.
   ``alpha`` bounds its false rollbacks over the whole rollout, however often it looks.
 - every judge checks the custom metrics' bounds on the value their query returns.
 
@@ -171,8 +172,9 @@ class SuccessRate(_Model):
     minimum: float = Field(
         99.0, alias="min", gt=0, lt=100,
         description=(
-            "Percent of the canary's requests that must succeed (thresholds judge). Default "
-            "99, Flagger's documented example."
+            "Percent of the canary's requests that must succeed: the thresholds judge tests "
+            "it per step, the sequential judge fails a canary shown below it. Default 99, "
+            "Flagger's documented example."
         ),
     )
     margin_points: float = Field(
@@ -192,12 +194,13 @@ class Latency(_Model):
 
     quantile: float = Field(
         0.99, gt=0, lt=1,
-        description="Quantile the thresholds judge holds to maxMs, in (0, 1). Default 0.99.",
+        description="Quantile held to maxMs, in (0, 1). Default 0.99.",
     )
     max_ms: float = Field(
         500.0, gt=0, le=3_600_000,
         description=(
-            "Milliseconds the quantile may reach (thresholds judge). Default 500, Flagger's "
+            "Milliseconds the quantile may reach: the thresholds judge tests it per step, the "
+            "sequential judge fails a canary shown above it. Default 500, Flagger's "
             "documented example for request-duration."
         ),
     )

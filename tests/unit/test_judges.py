@@ -295,3 +295,40 @@ def test_sequential_is_pure():
     first = judges.sequential(inputs, judges.SequentialState(), policy())
     second = judges.sequential(inputs, judges.SequentialState(), policy())
     assert first[1] == second[1] and first[0].findings == second[0].findings
+
+
+@pytest.mark.parametrize(
+    ("canary", "stable", "metric", "outcome", "words"),
+    [
+        pytest.param(arm(100, errors=5), arm(900, errors=45), "errors-slo", Outcome.FAIL,
+                     ["success rate ≥ 99 % breached", "25 of 500 errors"],
+                     id="as-bad-as-stable-but-below-the-slo"),
+        pytest.param(arm(100, errors=2), arm(900, errors=18), "errors-slo", Outcome.PASS,
+                     ["not shown breached", "10 of 500 errors"],
+                     id="2%-on-little-traffic-is-not-proof"),
+        pytest.param(arm(100, median_s=0.6), arm(900, median_s=0.6), "latency-slo",
+                     Outcome.FAIL, ["p99 ≤ 500 ms breached"], id="both-arms-too-slow"),
+        pytest.param(arm(100), arm(900), "latency-slo", Outcome.PASS,
+                     ["p99 ≤ 500 ms not shown breached"], id="within"),
+    ],
+)
+def test_sequential_holds_the_canary_to_the_slo_whatever_stable_does(canary, stable, metric,
+                                                                       outcome, words):
+    """Five intervals of the same traffic: stable breaching the SLO too is no excuse."""
+    state = judges.SequentialState()
+    for _ in range(5):
+        verdict, state = judges.sequential(window(canary, stable), state, policy())
+    ruling = finding(verdict, metric)
+    assert ruling.outcome is outcome
+    assert all(word in ruling.reason for word in words), ruling.reason
+    if outcome is Outcome.FAIL:
+        assert verdict.outcome is Outcome.FAIL
+        assert ruling.interval[0] > ruling.bound
+
+
+def test_the_slo_tests_never_hold_a_canary_back():
+    """No requests yet, or no proof of a breach: the SLO findings pass, the comparisons
+    decide."""
+    verdict, _ = judges.sequential(window(judges.ArmWindow(0, 0)), judges.SequentialState(),
+                                   policy())
+    assert {finding(verdict, m).outcome for m in ("errors-slo", "latency-slo")} == {Outcome.PASS}
