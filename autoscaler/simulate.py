@@ -25,8 +25,9 @@ The model, one second per step:
    included), free GPUs and the cold starts completed since its last tick. The desired count
    applies from the next second: new replicas are Pending (or start at once) then.
 
-Before the trace the revision has served the trace's first second's rate for ``WARMUP_S`` with
-the replicas it needs, so no scaler starts from an empty history; only the trace is measured.
+Before the trace the revision has served the trace's starting rate (the median of its first
+``WARMUP_RATE_S`` seconds) for ``WARMUP_S`` with the replicas it needs, so no scaler starts from
+an empty history; only the trace is measured.
 
 Measures:
 
@@ -70,6 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_POLICIES = ROOT / "examples" / "policies"
 WARMUP_S = 120
 """Two stable windows: every decider's history is full and a restart's panic is over."""
+WARMUP_RATE_S = 30
+"""The warm-up's rate is the median of the trace's first this many seconds, not its first
+second: one second of a Poisson trace is a draw that can sit 5 % off the rate (948 for 1000),
+and a warm start one replica short of the load made every scaler move on the steady trace."""
 KPA_TICK_S = 2
 """Knative's decider tick (multiscaler.go: tickInterval)."""
 WHOLE_REQUEST = 0.5
@@ -294,7 +299,8 @@ def kpa_policy(policy: scaling.ScalingPolicy) -> scaling.ScalingPolicy:
 def simulate(trace: traces.Trace, policy: scaling.ScalingPolicy, model: ReplicaModel,
              tick_s: int = 1) -> dict[str, Run]:
     """Run the four scalers on the trace; results by name: sluice, kpa, hpa, oracle."""
-    arrivals = np.concatenate([np.full(WARMUP_S, trace.rps[0]), trace.rps])
+    start = float(np.median(trace.rps[:WARMUP_RATE_S]))
+    arrivals = np.concatenate([np.full(WARMUP_S, start), trace.rps])
     plan = baselines.oracle_replicas(arrivals, model.capacity_rps, policy, model.replica_limit)
     kpa = kpa_policy(policy)
     deciders: dict[str, tuple[Decide, int, ReplicaModel]] = {
@@ -512,7 +518,8 @@ def benchmark_section(args: argparse.Namespace) -> str:
         "rate (seeded); a FIFO fluid queue at the router; a ready replica serves the policy's "
         "`target * targetUtilization` requests/s, so every scaler's aim is exactly a replica's "
         "capacity; replicas are Pending until GPUs are free, then start for the cold start. "
-        "Each run starts warm: the first second's load with the replicas it needs. Scalers: "
+        "Each run starts warm: the trace's starting load (the median of its first "
+        f"{WARMUP_RATE_S} s) with the replicas it needs. Scalers: "
         "sluice (the policy, 1 s tick); Knative's KPA with its defaults and the policy's target "
         "(2 s tick); an HPA (15 s sync, 10 % tolerance, 300 s scale-down stabilization, up by "
         "max(4 pods, 100 %) per 15 s, never below 1); the oracle (perfect foresight, instant "

@@ -9,26 +9,45 @@ same function runs on Kubernetes, locally and in the simulator.
 The baseline is Knative's KPA (anchors/autoscaling.md §1.2); ``kpa_decide`` is that baseline
 alone, for comparison. Everything below is in the metric's unit, summed over the revision.
 
-1. Demand. Each tick records a sample: the served load (``inputs.value``) and the router backlog
-   in metric units (concurrency: buffered requests; rps: buffered / panic window, i.e. drained
-   within one panic window; custom signals: none). Averages are taken over the stable window
-   (60 s) and the panic window (6 s). KPA averages the backlog like any load, since Knative's
-   activator reports held requests as concurrency; sluice counts the backlog at its current size
-   when that is larger, so a burst waiting in the buffer is demand at once, not 1/60 of it.
+1. Demand. Each tick records a sample: the served load (``inputs.value``) and, for
+   concurrency, the router backlog (buffered requests). Averages are taken over the stable
+   window (60 s) and the panic window (6 s). KPA averages the backlog like any load, since
+   Knative's activator reports held requests as concurrency; sluice counts it at its current
+   size when that is larger, so a burst waiting in the buffer is demand at once. For rps the
+   held requests were already counted as arrivals; sluice sizes their drain separately (3).
+   Sluice also reads level shifts out of the history, each judged in standard errors of the
+   difference of two means (the noise measured from successive differences of the previous
+   ticks, and for rps at least a Poisson process's): a level ``SURGE_Z`` above the rest of the
+   stable window is the load at once (and the history restarts at that step, unless the
+   window is a ramp); a level ``SETTLE_Z`` below it for the last cold start (at least a panic
+   window) is the load from then on, and any panic ends, instead of holding the peak for a
+   whole stable window: holding longer than a cold start costs more than starting again.
 2. Replicas. ``want = ceil(demand / max(0.01, target * utilization))`` for each window. Sluice
-   also fits a line through the stable window and, while the load clearly rises (the line fits
-   the window and the panic window rises too), asks for the demand the line predicts one learned
-   cold start ahead (an EWMA of observed ready-minus-start times), so that new replicas are ready
-   when the load arrives.
-3. Rate limits, on ``base = max(1, ready)``; sluice uses ready + starting, since starting replicas
+   also fits a line through two cold starts of history (at least a stable window) and, while
+   its slope is ``TREND_Z`` standard errors above zero, asks for the demand the line predicts
+   one learned cold start ahead (an EWMA of observed ready-minus-start times), so that new
+   replicas are ready when the load arrives; when the last cold start's slope is clearly
+   lower (a step, not a ramp) that slope is used. Of the replicas ready and starting, sluice
+   keeps as many as the load plus ``KEEP_Z`` standard errors of its mean needs, so a level on
+   a replica boundary does not release and restart a replica every few windows.
+3. Backlog drain (sluice, rps). New replicas serve a cold start from now and are billed from
+   now, so they are asked for only for what the ready and starting replicas (each from when
+   it becomes ready) leave of the backlog after max(panic window, cold start), sized to drain
+   it in that time; capacity already on the way is counted, so a backlog that grows while
+   replicas start orders no more than it needs. The drain count takes part in the panic test.
+4. Rate limits, on ``base = max(1, ready)``; sluice uses ready + starting, since starting replicas
    are capacity on the way: each want is clamped to ``[floor(base / maxScaleDownRate),
    ceil(base * maxScaleUpRate)]``, and raised to activationScale when positive.
-4. Panic when ``panic want / base ≥ threshold / 100``. While panicking the count is the highest
+5. Panic when ``panic want / base ≥ threshold / 100``. While panicking the count is the highest
    of max(stable, panic) seen (it never decreases); panic ends a full stable window after the
-   last tick over the threshold. Counting starting replicas in ``base`` means a burst that has
-   already been answered does not keep panicking and ordering more.
-5. Scale-down delay: the highest count over the last scaleDownDelay seconds.
-6. Bounds, in order: initialScale until reached once; sluice never cancels a starting replica
+   last tick over the threshold (for sluice, also when the load has clearly dropped, 1).
+   Counting starting replicas in ``base`` means a burst that has already been answered does
+   not keep panicking and ordering more.
+6. Scale-down delay: the highest count over the last scaleDownDelay seconds. Sluice holds a
+   count for at least a cold start in all (stable window plus delay) unless the load clearly
+   falls (the trend test mirrored): a replica released for a dip costs a cold start to get
+   back. The drain count of 3 is applied after the delay.
+7. Bounds, in order: initialScale until reached once; sluice never cancels a starting replica
    (its cold start would be wasted and the next tick would launch it again); sluice caps at what
    free GPUs hold, ``ready + starting + floor(free / gpusPerReplica)``, reporting CapacityLimited;
    min/max replicas; at least 1 while anything is in flight or buffered, and activationScale at
@@ -48,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,9 +84,33 @@ starts without letting one outlier (a node pulling the image) dominate."""
 MIN_TREND_SAMPLES = 3
 """Fewer points than this do not make a trend."""
 
-TREND_MIN_FIT = 0.8
-"""R² a line must reach over the stable window before the decider scales ahead along it: a
-steady ramp reaches 0.9 and more; noise around a level, or a square wave, stays far below."""
+SETTLE_Z = 5.0
+"""Standard errors by which the last cold start's load must lie below the stable window's
+before the decider forgets the higher level: noise around a level does not reach it."""
+
+DRAIN_NOW_S = 1.0
+"""Seconds: ready replicas are kept while the backlog keeps them busy for this long, the
+metric's own period (rps is per second), so a backlog never releases a replica it occupies."""
+
+KEEP_Z = 2.0
+"""Standard errors of the stable window's mean above it that the current count is kept for:
+a replica is released only when the load is about 95 % sure not to need it. At a level that
+sits on a replica boundary the mean crosses it every few windows; releasing on each crossing
+and starting the replica again costs a cold start each time, and a backlog while it starts."""
+
+SURGE_Z = 5.0
+"""Standard errors by which the latest samples' mean must lie above the rest of the stable
+window's before it is the load at once: as for SETTLE_Z, noise around a level does not reach
+it (one false alarm in millions of splits), a step of a replica or more does within seconds."""
+
+TREND_Z = 3.0
+"""Standard errors by which a line's slope must exceed zero before the decider scales ahead
+along it: noise around a level does not reach it, a ramp that moves the load by a replica
+per cold start does within two cold starts."""
+
+TREND_COLD_STARTS = 2.0
+"""Cold starts of history the trend is fitted over (at least a stable window): the slope that
+predicts one cold start ahead is measured over more than that."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +182,8 @@ class DeciderState:
     """Learned start-to-ready time in seconds (EWMA); None until a replica has become ready."""
     reached_initial_scale: bool = False
     """Whether initialScale replicas have been ready once; until then it is the floor."""
+    starting_since: tuple[float, ...] = ()
+    """When each replica still starting was first seen starting, oldest first (sluice only)."""
 
     @property
     def panicking(self) -> bool:
@@ -184,10 +230,16 @@ class Features:
     """Extrapolate a rising trend by the learned cold-start time."""
     gpu_capacity: bool = True
     """Never ask for more replicas than free GPUs can hold."""
+    settle: bool = True
+    """Once the load has been clearly lower for a cold start, forget the higher level and end
+    the panic, instead of holding it for the rest of the stable window."""
 
 
 SLUICE = Features()
-KPA = Features(instant_backlog=False, startup_aware=False, scale_ahead=False, gpu_capacity=False)
+KPA = Features(
+    instant_backlog=False, startup_aware=False, scale_ahead=False, gpu_capacity=False,
+    settle=False,
+)
 
 
 def decide(
@@ -205,24 +257,48 @@ def decide(
     conditions: set[Condition] = set()
     state = _resumed(state, inputs)
     cold_start_s = _learned_cold_start(state.cold_start_s, inputs.cold_starts)
+    starting_since = _starting_since(state.starting_since, inputs) if features.startup_aware else ()
     # 1. demand
-    history = _recorded(state.history, _sample(inputs, policy, features), policy.stable_window_s)
+    kept_s = policy.stable_window_s
+    if features.scale_ahead and cold_start_s is not None:
+        kept_s = max(kept_s, TREND_COLD_STARTS * cold_start_s)
+    history = _recorded(state.history, _sample(inputs, policy, features), kept_s)
+    since_drop = None
+    if features.settle:
+        hold_s = max(policy.panic_window_s, cold_start_s or 0.0)
+        since_drop = _settled_history(state.history, history, hold_s, policy)
+    if since_drop is not None:
+        history = since_drop
     stable_demand = _demand(history, inputs.now - policy.stable_window_s, features)
     panic_demand = _demand(history, inputs.now - policy.panic_window_s, features)
+    risen_load, since_rise = 0.0, None
+    if features.settle and since_drop is None:
+        risen_load, since_rise = _risen(state.history, history, policy)
 
     # 2. replicas
-    stable_want = _replicas_for(stable_demand, policy)
+    load = max(stable_demand, risen_load)
+    stable_want = _replicas_for(load, policy)
+    falling = False
     if features.scale_ahead and cold_start_s is not None:
-        ahead = _trend_demand(state.history, history, inputs.now + cold_start_s, policy)
+        ahead = _trend_demand(state.history, history, cold_start_s, policy)
         ahead_want = _replicas_for(ahead, policy)
         if ahead_want > stable_want:
             stable_want = ahead_want
             conditions.add(Condition.SCALING_AHEAD)
+        falling = _falling(state.history, cold_start_s, policy)
+    if features.startup_aware and state.history:
+        stable_want = max(stable_want, _kept(inputs, state.history, history, load, policy))
     panic_want = _replicas_for(panic_demand, policy)
+    drain_want = 0
+    if features.instant_backlog and policy.metric_kind is scaling.MetricKind.RPS:
+        drain_want = _drain_want(inputs, starting_since, load, cold_start_s, policy)
 
     # 3. rate limits and 4. panic
     base = max(1, inputs.ready + (inputs.starting if features.startup_aware else 0))
-    panic_last_over, panic_peak = _panic_mode(state, inputs.now, panic_want / base, policy)
+    if since_drop is not None:
+        state = dataclasses.replace(state, panic_last_over=None, panic_peak=0)
+    panic_ratio = max(panic_want, drain_want) / base
+    panic_last_over, panic_peak = _panic_mode(state, inputs.now, panic_ratio, policy)
     stable_count = _rate_limited(stable_want, base, policy)
     desired = stable_count
     if panic_last_over is not None:
@@ -231,10 +307,16 @@ def decide(
         desired = panic_peak
 
     # 5. scale-down delay
-    recent = _delay_window(state.recent, Recommendation(inputs.now, desired), policy)
+    delay_s = policy.scale_down_delay_s
+    if features.startup_aware and cold_start_s is not None and not falling:
+        # With the stable window, a released replica was unneeded for a whole cold start.
+        delay_s = max(delay_s, cold_start_s - policy.stable_window_s)
+    recent = _delay_window(state.recent, Recommendation(inputs.now, desired), delay_s)
     delayed = max((r.replicas for r in recent), default=desired)
     if delayed > desired:
         conditions.add(Condition.SCALE_DOWN_DELAYED)
+    if drain_want > delayed:
+        delayed = _rate_limited(drain_want, base, policy)
 
     # 6. bounds
     reached_initial = state.reached_initial_scale or inputs.ready >= policy.initial_scale
@@ -258,13 +340,14 @@ def decide(
         cold_start_s=cold_start_s,
     )
     next_state = DeciderState(
-        history=history,
+        history=history if since_rise is None else since_rise,
         panic_last_over=panic_last_over,
         panic_peak=panic_peak,
         recent=recent,
         last_demand_at=last_demand_at,
         cold_start_s=cold_start_s,
         reached_initial_scale=reached_initial,
+        starting_since=starting_since,
     )
     return decision, next_state
 
@@ -297,13 +380,192 @@ def _sample(inputs: ScalingInputs, policy: scaling.ScalingPolicy, features: Feat
     match policy.metric_kind:
         case scaling.MetricKind.CONCURRENCY:
             backlog = float(inputs.buffered)
-        case scaling.MetricKind.RPS if features.instant_backlog:
-            backlog = inputs.buffered / policy.panic_window_s
         case _:
-            # rps under KPA: the held requests were counted as arrivals already.
+            # rps: the held requests were counted as arrivals already; under sluice the
+            # backlog is drained on top of the load (_drain_rate), at its current size.
             # custom: a signal's unit says nothing about requests.
             backlog = 0.0
     return Sample(inputs.now, inputs.value, backlog)
+
+
+def _starting_since(previous: tuple[float, ...], inputs: ScalingInputs) -> tuple[float, ...]:
+    """Replicas become ready oldest first; the ones not seen before started by this tick."""
+    kept = previous[max(0, len(previous) - inputs.starting):]
+    return (*kept, *(inputs.now,) * (inputs.starting - len(kept)))
+
+
+def _drain_want(
+    inputs: ScalingInputs,
+    starting_since: tuple[float, ...],
+    load: float,
+    cold_start_s: float | None,
+    policy: scaling.ScalingPolicy,
+) -> int:
+    """Replicas that serve ``load``, the load to expect next, and drain the rps backlog in time.
+
+    New replicas serve one cold start from now and cost that cold start too: ask for them only
+    for what the ready and starting replicas (each from when it becomes ready) leave of the
+    backlog after max(panic window, cold start) more, and size them to drain it in that time.
+    Capacity already on the way is counted, so a backlog that grows while replicas start
+    orders no more than it needs. Ready replicas cost the same whether they drain the backlog
+    sooner or later, so as many are kept as it keeps busy for the next second.
+    """
+    per_replica = _per_replica(policy)
+    serving = _replicas_for(load, policy)
+    if inputs.buffered == 0 and load <= inputs.ready * per_replica:
+        return serving
+    lead = cold_start_s or 0.0
+    drain_s = max(policy.panic_window_s, lead)
+    ages = [inputs.now - since for since in starting_since]
+    backlog_later = inputs.buffered + load * (lead + drain_s) - per_replica * (
+        inputs.ready * (lead + drain_s) + sum(min(lead + drain_s, drain_s + age) for age in ages))
+    if backlog_later > EPSILON:
+        new = math.ceil(backlog_later / (per_replica * drain_s) - EPSILON)
+        return inputs.ready + inputs.starting + new
+    backlog_soon = inputs.buffered + load * DRAIN_NOW_S - per_replica * sum(
+        max(0.0, DRAIN_NOW_S - lead + age) for age in ages)
+    keep = math.ceil(backlog_soon / (per_replica * DRAIN_NOW_S) - EPSILON)
+    return max(serving, min(inputs.ready, max(0, keep)) + inputs.starting)
+
+
+def _per_replica(policy: scaling.ScalingPolicy) -> float:
+    return max(0.01, policy.target_per_replica * policy.target_utilization)
+
+
+def _settled_history(
+    previous: tuple[Sample, ...],
+    history: tuple[Sample, ...],
+    hold_s: float,
+    policy: scaling.ScalingPolicy,
+) -> tuple[Sample, ...] | None:
+    """The history since the load dropped, when the load of the last ``hold_s`` (a cold start,
+    at least a panic window) is clearly below the rest of the stable window and needs fewer
+    replicas; None otherwise.
+
+    Clearly: by SETTLE_Z standard errors of the difference of the two means. The noise is
+    judged on the previous ticks' samples, so that more load now never makes a drop more
+    likely, from their successive differences, so that the level shifts being tested do not
+    count as noise; rps arrivals vary at least as a Poisson process's do. The drop is placed
+    where it splits the last ``hold_s`` best (least squares), and the samples before it are
+    forgotten: holding the higher level longer than a cold start costs more than starting
+    replicas again would.
+    """
+    now = history[-1].at
+    if hold_s >= policy.stable_window_s:
+        return None
+    window = [s for s in history if s.at > now - policy.stable_window_s]
+    older = [s.total for s in window if s.at <= now - hold_s]
+    recent = [s.total for s in window if s.at > now - hold_s]
+    if len(older) < MIN_TREND_SAMPLES or len(recent) < MIN_TREND_SAMPLES:
+        return None
+    older_mean, recent_mean = _mean(older), _mean(recent)
+    if _replicas_for(recent_mean, policy) >= _replicas_for(_mean(older + recent), policy):
+        return None
+    noise = _noise(previous)
+    error = math.sqrt(_noise_at(noise, older_mean, policy) / len(older)
+                      + _noise_at(noise, recent_mean, policy) / len(recent))
+    if older_mean - recent_mean <= SETTLE_Z * error:
+        return None
+    return tuple(window[_change_point([s.total for s in window], len(older)):])
+
+
+def _risen(
+    previous: tuple[Sample, ...],
+    history: tuple[Sample, ...],
+    policy: scaling.ScalingPolicy,
+) -> tuple[float, tuple[Sample, ...] | None]:
+    """Whether the load clearly rose within the stable window: (the load since, the history
+    since), or (0, None) when it did not.
+
+    The stable window is split at every point (the last samples against the ones before
+    them); where the later part's mean is SURGE_Z standard errors above the earlier part's,
+    the load has risen and the later mean is the load now. The load is the highest such mean,
+    so that more load never lowers it; the history restarts where the rise is clearest. A
+    burst counts at its level on its first tick, not averaged over a window it has only begun
+    to fill, and is not extrapolated like a ramp.
+    """
+    if len(previous) < MIN_TREND_SAMPLES:
+        return 0.0, None  # too few samples to know the noise
+    now = history[-1].at
+    window = [s for s in history if s.at > now - policy.stable_window_s]
+    values = [s.total for s in window]
+    noise = _noise(previous)
+    load, clearest, since = 0.0, 0.0, None
+    after, count, before = 0.0, len(values), sum(values)
+    for later in range(1, count):
+        after += values[count - later]
+        before -= values[count - later]
+        after_mean, before_mean = after / later, before / (count - later)
+        error = math.sqrt(_noise_at(noise, after_mean, policy) / later
+                          + _noise_at(noise, before_mean, policy) / (count - later))
+        z = _z_score(after_mean - before_mean, error)
+        if z > SURGE_Z:
+            load = max(load, after_mean)
+            if z > clearest:
+                clearest, since = z, count - later
+    if since is None:
+        return 0.0, None
+    after_rise = tuple(window[since:])
+    line, level = _fit(window, policy), _fit(after_rise, policy)
+    if line.slope > TREND_Z * line.error and line.slope - level.slope <= TREND_Z * level.error:
+        return load, None  # a ramp, not a step: its trend needs the history before the rise
+    return load, after_rise
+
+
+def _noise(previous: tuple[Sample, ...]) -> float:
+    """The variance of one sample around the load's level, from the previous ticks' successive
+    differences, which a level shift hardly moves."""
+    steps = [b.total - a.total for a, b in itertools.pairwise(previous)]
+    return sum(d * d for d in steps) / (2 * len(steps)) if steps else 0.0
+
+
+def _noise_at(noise: float, level: float, policy: scaling.ScalingPolicy) -> float:
+    """``noise``, or more where rps arrivals at ``level`` vary more: at least as a Poisson
+    process's do."""
+    if policy.metric_kind is scaling.MetricKind.RPS:
+        return max(noise, level)
+    return noise
+
+
+def _z_score(difference: float, error: float) -> float:
+    """``difference`` in standard errors; a difference without noise is infinitely clear."""
+    if error > 0:
+        return difference / error
+    return math.inf if difference > 0 else 0.0
+
+
+def _kept(
+    inputs: ScalingInputs,
+    previous: tuple[Sample, ...],
+    history: tuple[Sample, ...],
+    load: float,
+    policy: scaling.ScalingPolicy,
+) -> int:
+    """Of the replicas ready and starting, as many as ``load`` plus KEEP_Z standard errors of
+    its stable-window mean needs (the noise judged on the previous ticks, as in
+    ``_settled_history``)."""
+    samples = sum(1 for s in history if s.at > history[-1].at - policy.stable_window_s)
+    error = math.sqrt(_noise_at(_noise(previous), load, policy) / samples)
+    return min(inputs.ready + inputs.starting, _replicas_for(load + KEEP_Z * error, policy))
+
+
+def _change_point(values: Sequence[float], first: int) -> int:
+    """The index from ``first`` on where a drop splits ``values`` best: the split maximising
+    the between-groups sum of squares with the later group lower."""
+    total, count = sum(values), len(values)
+    best, best_score, before = first, -1.0, sum(values[:first])
+    for index in range(first, count):
+        after_mean = (total - before) / (count - index)
+        drop = before / index - after_mean
+        score = drop * abs(drop) * index * (count - index)
+        if score > best_score:
+            best, best_score = index, score
+        before += values[index]
+    return best
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _recorded(history: tuple[Sample, ...], sample: Sample, window_s: float) -> tuple[Sample, ...]:
@@ -322,58 +584,83 @@ def _demand(history: tuple[Sample, ...], since: float, features: Features) -> fl
 
 
 def _replicas_for(demand: float, policy: scaling.ScalingPolicy) -> int:
-    per_replica = max(0.01, policy.target_per_replica * policy.target_utilization)
+    per_replica = _per_replica(policy)
     return max(0, math.ceil(demand / per_replica - EPSILON))
 
 
 def _trend_demand(
     previous: tuple[Sample, ...],
     history: tuple[Sample, ...],
-    at: float,
+    cold_start_s: float,
     policy: scaling.ScalingPolicy,
 ) -> float:
-    """Demand at ``at`` on the line through the history; 0 unless the load is clearly rising.
+    """Demand one cold start from now on the line through the history (two cold starts, at
+    least a stable window); 0 unless the load clearly rises.
 
-    Clearly: the previous ticks' history spans half a stable window and a line explains most of
-    its variance, so noise around a level is not extrapolated (judging the previous ticks keeps
-    more load from ever switching the trend off). The slope is the smaller of the stable and
-    the panic window's, so a step up, flat in the panic window once it has passed, is met by
-    the ordinary windows instead of being extrapolated like a ramp.
+    Clearly: the previous ticks' history spans half that and its slope is TREND_Z standard
+    errors above zero, the noise judged around the line (rps arrivals vary at least as a
+    Poisson process's do); judging the previous ticks keeps more load from ever switching the
+    trend off. When the last cold start's slope is clearly below the line's, the rise has
+    stopped (a step, not a ramp) and its slope is used instead, so that a step up is met by
+    the ordinary windows and not extrapolated like a ramp.
     """
-    if not previous or previous[-1].at - previous[0].at < policy.stable_window_s / 2:
+    span = max(policy.stable_window_s, TREND_COLD_STARTS * cold_start_s)
+    if not previous or previous[-1].at - previous[0].at < span / 2:
         return 0.0
-    judged = _line(previous)
-    if judged.slope <= 0 or judged.fit < TREND_MIN_FIT:
+    judged = _fit(previous, policy)
+    if judged.slope <= TREND_Z * judged.error:
         return 0.0
-    recent = [s for s in history if s.at > history[-1].at - policy.panic_window_s]
-    slope = min(_line(history).slope, _line(recent).slope)
+    now = history[-1].at
+    recent_s = max(policy.panic_window_s, cold_start_s)
+    line = _fit(history, policy)
+    recent = _fit([s for s in history if s.at > now - recent_s], policy)
+    recent_judged = _fit([s for s in previous if s.at > now - recent_s], policy)
+    slope = line.slope
+    if slope - recent.slope > TREND_Z * recent_judged.error:
+        slope = recent.slope
     if slope <= 0:
         return 0.0
-    mean_at = sum(s.at for s in history) / len(history)
-    mean_demand = sum(s.total for s in history) / len(history)
-    return mean_demand + slope * (at - mean_at)
+    return line.mean + slope * (now + cold_start_s - line.mean_at)
+
+
+def _falling(
+    previous: tuple[Sample, ...], cold_start_s: float, policy: scaling.ScalingPolicy
+) -> bool:
+    """Whether the load clearly falls: ``_trend_demand``'s test, mirrored. Then a released
+    replica will not be needed again, so it is released without the cold-start delay."""
+    span = max(policy.stable_window_s, TREND_COLD_STARTS * cold_start_s)
+    if not previous or previous[-1].at - previous[0].at < span / 2:
+        return False
+    judged = _fit(previous, policy)
+    return judged.slope < -TREND_Z * judged.error
 
 
 @dataclass(frozen=True)
 class _Line:
     slope: float
     """Demand per second."""
-    fit: float
-    """R², the share of the demand's variance the line explains."""
+    error: float
+    """The slope's standard error."""
+    mean: float
+    mean_at: float
 
 
-def _line(samples: Sequence[Sample]) -> _Line:
-    """Least-squares line of demand over time; flat for too few points to make a trend."""
+def _fit(samples: Sequence[Sample], policy: scaling.ScalingPolicy) -> _Line:
+    """Least-squares line of demand over time; flat, and infinitely uncertain, for too few
+    points to make a trend."""
     if len(samples) < MIN_TREND_SAMPLES:
-        return _Line(0.0, 0.0)
-    mean_at = sum(s.at for s in samples) / len(samples)
-    mean_demand = sum(s.total for s in samples) / len(samples)
+        return _Line(0.0, math.inf, 0.0, 0.0)
+    mean_at = _mean([s.at for s in samples])
+    mean = _mean([s.total for s in samples])
     spread_at = sum((s.at - mean_at) ** 2 for s in samples)
-    spread_demand = sum((s.total - mean_demand) ** 2 for s in samples)
-    if spread_at <= 0 or spread_demand <= 0:
-        return _Line(0.0, 0.0)
-    covariance = sum((s.at - mean_at) * (s.total - mean_demand) for s in samples)
-    return _Line(covariance / spread_at, covariance**2 / (spread_at * spread_demand))
+    if spread_at <= 0:
+        return _Line(0.0, math.inf, mean, mean_at)
+    slope = sum((s.at - mean_at) * (s.total - mean) for s in samples) / spread_at
+    residual = sum((s.total - mean - slope * (s.at - mean_at)) ** 2 for s in samples)
+    noise = residual / (len(samples) - 2)
+    if policy.metric_kind is scaling.MetricKind.RPS:
+        noise = max(noise, mean)
+    return _Line(slope, math.sqrt(noise / spread_at), mean, mean_at)
 
 
 def _rate_limited(want: int, base: int, policy: scaling.ScalingPolicy) -> int:
@@ -399,11 +686,11 @@ def _panic_mode(
 
 
 def _delay_window(
-    recent: tuple[Recommendation, ...], latest: Recommendation, policy: scaling.ScalingPolicy
+    recent: tuple[Recommendation, ...], latest: Recommendation, delay_s: float
 ) -> tuple[Recommendation, ...]:
-    if policy.scale_down_delay_s <= 0:
+    if delay_s <= 0:
         return ()
-    since = latest.at - policy.scale_down_delay_s
+    since = latest.at - delay_s
     return (*(r for r in recent if r.at > since), latest)
 
 

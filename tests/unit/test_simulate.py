@@ -50,6 +50,22 @@ def test_load_step_settles_at_ceil_of_load_over_capacity(name):
     assert run.series.ready[-1] == math.ceil(400 / CAPACITY)
 
 
+def test_noisy_level_on_a_replica_boundary_keeps_its_count():
+    """1050 rps is exactly 15 replicas: the stable window's mean crosses the boundary every few
+    windows, and a scaler that follows it restarts a replica each time."""
+    rates = np.random.default_rng(1).poisson(1050, 900).astype(float)
+    runs = simulate_(list(rates), cold_start_s=60)
+    assert runs["sluice"].metrics.scale_events * 5 <= runs["kpa"].metrics.scale_events
+
+
+def test_warm_up_runs_at_the_median_of_the_first_seconds():
+    # A first second far off the rate must not set the warm start: 6 replicas, not 1.
+    runs = simulate_([10] + [400] * 299)
+    for name in SCALERS:
+        assert runs[name].series.desired[0] == math.ceil(400 / CAPACITY), name
+        assert runs[name].metrics.scale_events == 0, name
+
+
 def test_replicas_become_ready_one_cold_start_after_they_are_asked_for():
     run = simulate_([100] * 30 + [2000] * 60, cold_start_s=20)["sluice"]
     # asked for at the end of second 30, started at 31, ready at 51
