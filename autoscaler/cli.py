@@ -13,6 +13,8 @@ import sys
 SUBCOMMANDS = {
     "up": ("autoscaler.local:up", "run router + autoscaler + replicas locally from one file"),
     "status": ("autoscaler.local:status", "show each revision's replicas, load and conditions"),
+    "rollout": ("autoscaler.rollout_cli:main",
+                "start, watch, promote, abort, pause or resume a canary rollout"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.simulate", "replay a traffic trace against a scaling policy"),
     "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),

@@ -15,6 +15,7 @@ locally or in simulation moves to the cluster unchanged::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,9 +88,30 @@ class RouterSpec(_Model):
 
 class ControllerSpec(_Model):
     listen: str = Field("127.0.0.1:8082", pattern=r"^[^:]+:\d+$", description=(
-        "The controller's status API (read by `sluice status`). Loopback by default."))
+        "The controller's API: status (read by `sluice status`) and rollouts (`sluice "
+        "rollout`). Loopback only: it can move traffic, so it is never exposed, and its writes "
+        "also need the token `sluice up` writes for the CLI."))
     tick_s: float = Field(1.0, ge=0.1, le=10, description=(
         "Seconds between scaling decisions; pokes from the routers decide at once in between."))
+    prometheus_url: str | None = Field(None, pattern=r"^https?://", description=(
+        "Prometheus base URL the rollouts' custom metrics are queried at, e.g. "
+        "http://127.0.0.1:9090. Unset: a rollout with custom metrics is refused."))
+    prometheus_timeout_s: float = Field(2.0, gt=0, le=60, description=(
+        "Seconds one PromQL query may take; a slower answer counts as no answer (the rollout "
+        "holds its step, and pauses after its failureLimit)."))
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _loopback(cls, listen: str) -> str:
+        host = listen.rpartition(":")[0].strip("[]")
+        if host != "localhost":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ValueError(f"{host!r} is not a loopback address (127.0.0.1, ::1)")
+        return listen
 
 
 class LocalStack(_Model):

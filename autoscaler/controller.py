@@ -9,6 +9,11 @@ requested within milliseconds of the first request.
 Publishing is its own task, woken whenever endpoints change (a replica became ready, one must
 drain): a ready replica joins the routes at once, and a retiring one is signalled only after
 every router has accepted a table without it, so no request is sent to a stopping replica.
+
+A rollout (autoscaler/rollout_driver.py) steers a revision through three hooks: its weight
+(``set_weights``, published at once as one table), a replica floor the decider's count is raised
+to, and parking, which holds a revision at zero replicas whatever the decider wants
+(``hold``). The decider keeps deciding underneath, so its state stays warm when a hold ends.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler import config, gpus, replicas, routers
-from policies import decider, scaling
+from policies import decider, routing, scaling
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,15 @@ class RevisionControl:
     load: routers.RevisionLoad = NO_LOAD
     poke_to_start_ms: float | None = None
     """From the router's poke to a replica start requested, the last time a poke started one."""
+    floor: int = 0
+    """Replicas a rollout keeps at least; the decider's count is raised to it."""
+    parked: str | None = None
+    """Why a rollout holds this revision at zero replicas, whatever the decider wants; routers
+    answer requests pinned to it with this reason instead of holding them for a replica."""
+
+    def replicas_wanted(self, desired: int) -> int:
+        """The decider's count with the rollout's hold applied."""
+        return 0 if self.parked else max(desired, self.floor)
 
 
 class Controller:
@@ -54,6 +68,8 @@ class Controller:
         self.clock = asyncio.get_running_loop().time
         self._dirty = asyncio.Event()
         self._published: dict[str, Any] | None = None
+        self.sticky: dict[str, routing.Sticky] = {}
+        """A rollout's stickiness, in force while it runs, over the service's own."""
         self.revisions = {
             (name, spec.name): RevisionControl(name, spec, replicas_for(name, spec), spec.weight)
             for name, service in stack.services.items() for spec in service.revisions
@@ -103,7 +119,27 @@ class Controller:
             free_gpus=self.pool.free if pool.gpus_per_replica else None,
             cold_starts=pool.take_cold_starts())
         revision.decision, revision.state = decider.decide(inputs, revision.state, policy)
-        pool.scale(revision.decision.desired)
+        pool.scale(revision.replicas_wanted(revision.decision.desired))
+
+    def set_weights(self, service: str, weights: dict[str, int]) -> None:
+        """Give revisions of `service` these weights and publish them at once, in one table:
+        no router ever sees one revision's new weight without the others'."""
+        rows = [self.revisions[(service, name)] for name in weights]  # KeyError before changes
+        for row, weight in zip(rows, weights.values(), strict=True):
+            row.weight = weight
+        self._dirty.set()
+
+    def hold(self, service: str, revision: str, floor: int = 0,
+             parked: str | None = None) -> None:
+        """Keep at least `floor` replicas of a revision, or none while `parked`; applied now,
+        not at the next tick, so a canary's replicas start as soon as a rollout asks."""
+        row = self.revisions[(service, revision)]
+        if (row.floor, row.parked) == (floor, parked):
+            return
+        row.floor, row.parked = floor, parked
+        row.replicas.scale(row.replicas_wanted(row.replicas.desired if row.decision is None
+                                               else row.decision.desired))
+        self._dirty.set()  # a parked revision's reason is in the route table
 
     async def _publish_forever(self) -> None:
         while True:
@@ -131,13 +167,14 @@ class Controller:
                     "name": row.spec.name, "weight": row.weight,
                     "endpoints": row.replicas.endpoints(),
                     "concurrency": row.spec.concurrency,
-                    "unavailable": row.replicas.failure,
+                    "unavailable": row.replicas.failure or row.parked,
                 } for row in rows],
                 "buffer": {"depth": max(r.spec.scaling.buffer_depth for r in rows),
                            "timeout_s": max(r.spec.scaling.buffer_timeout_s for r in rows)},
             }
-            if spec.sticky is not None:
-                services[name]["sticky"] = spec.sticky.model_dump(exclude_none=True)
+            sticky = self.sticky.get(name, spec.sticky)
+            if sticky is not None:
+                services[name]["sticky"] = sticky.model_dump(exclude_none=True)
         return {"services": services}
 
     def status(self) -> list[dict[str, Any]]:
@@ -147,6 +184,10 @@ class Controller:
             conditions = sorted(str(c) for c in decision.conditions) if decision else []
             if pool.failure:
                 conditions.append(f"ReplicaFailed: {pool.failure}")
+            if revision.parked:
+                conditions.append(f"Parked: {revision.parked}")
+            elif revision.floor:
+                conditions.append(f"RolloutFloor: {revision.floor}")
             rows.append({
                 "service": service, "name": name, "weight": revision.weight,
                 "desired": pool.desired, "ready": pool.count(replicas.State.READY),

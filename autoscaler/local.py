@@ -3,7 +3,11 @@
 ``sluice up -f examples/local.yaml`` starts the router as a process, the controller in this
 process, and replicas as processes of the revisions' commands; Ctrl-C (or SIGTERM) drains the
 router, stops every replica and exits, leaving no process behind. ``sluice status`` reads the
-controller's status API (loopback) and shows one row per revision.
+controller's status API (loopback) and shows one row per revision, and a line per rollout.
+
+The controller's API (loopback only) serves /status and the rollouts (autoscaler/rollout_api.py,
+driven by ``sluice rollout``); its writes need the token this process makes and writes to 0600
+files for the CLI (autoscaler/controller_token.py).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,23 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from autoscaler import config, controller, gpus, replicas, routers
+from autoscaler import (
+    config,
+    controller,
+    controller_token,
+    gpus,
+    replicas,
+    rollout_api,
+    rollout_driver,
+    routers,
+)
 
 STATUS = web.AppKey("controller", controller.Controller)
+STATUS_ROLLOUTS = web.AppKey("status_rollouts", rollout_driver.Rollouts)
 COLUMNS = ("service", "name", "weight", "desired", "ready", "rps", "inflight", "p99_ms",
            "buffered", "conditions")
+ROLLOUT_SUMMARY = ("service", "stable_revision", "canary_revision", "phase", "step", "steps",
+                   "canary_weight", "reason")
 
 
 def up(argv: list[str]) -> int:
@@ -46,6 +64,7 @@ def up(argv: list[str]) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     import uvloop
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sluice: %(message)s")
     if args.run_dir is not None:
         args.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return uvloop.run(run_stack(stack, args.run_dir or Path(tempfile.mkdtemp(prefix="sluice-up-"))))
@@ -72,9 +91,16 @@ async def run_stack(stack: config.LocalStack, run_dir: Path) -> int:
                 return replicas.RevisionReplicas(service, spec, pool, session, run_dir,
                                                  lambda: control.endpoints_changed())
 
-            control = controller.Controller(
-                stack, routers.RouterClient([admin], token, session), pool, replicas_for)
-            status_site = await _serve_status(control, stack.controller.listen)
+            router_client = routers.RouterClient([admin], token, session)
+            control = controller.Controller(stack, router_client, pool, replicas_for)
+            rollouts = rollout_driver.Rollouts(control, router_client, stack.controller)
+            # A token of its own: the router's admin token never leaves this process.
+            control_token = controller_token.new()
+            token_files = [run_dir / controller_token.FILE_NAME,
+                           controller_token.well_known_path(stack.controller.listen)]
+            controller_token.write(control_token, token_files)
+            status_site = await _serve_status(control, rollouts, control_token,
+                                              stack.controller.listen)
             print(f"sluice: router http://{stack.router.listen}  admin {admin}  status "
                   f"http://{stack.controller.listen}/status  logs {run_dir}  (Ctrl-C stops)",
                   file=sys.stderr, flush=True)
@@ -85,6 +111,8 @@ async def run_stack(stack: config.LocalStack, run_dir: Path) -> int:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
+            await rollouts.stop()
+            controller_token.remove(control_token, token_files)
             await _stop_router(router)  # drains in-flight requests while replicas still serve
             await control.stop()
             await status_site.cleanup()
@@ -133,14 +161,20 @@ async def _stop_router(router: asyncio.subprocess.Process) -> None:
         await router.wait()
 
 
-async def _serve_status(control: controller.Controller, listen: str) -> web.AppRunner:
-    app = web.Application()
+async def _serve_status(control: controller.Controller, rollouts: rollout_driver.Rollouts,
+                        token: str, listen: str) -> web.AppRunner:
+    app = web.Application(client_max_size=rollout_api.MAX_BODY_BYTES)
     app[STATUS] = control
+    app[STATUS_ROLLOUTS] = rollouts
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response({"revisions": request.app[STATUS].status()})
+        running = [{key: row[key] for key in ROLLOUT_SUMMARY}
+                   for row in request.app[STATUS_ROLLOUTS].status(verdicts=0)]
+        return web.json_response({"revisions": request.app[STATUS].status(),
+                                  "rollouts": running})
 
     app.router.add_get("/status", status)
+    rollout_api.add_routes(app, rollouts, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
@@ -169,17 +203,17 @@ def status(argv: list[str]) -> int:
     live = not (args.json or args.once) and sys.stdout.isatty()
     while True:
         try:
-            rows = _fetch(url)
+            document = _fetch(url)
         except OSError as error:
             print(f"sluice status: cannot reach the controller at {url}: {error}",
                   file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps({"revisions": rows}, indent=2))
+            print(json.dumps(document, indent=2))
             return 0
         if live:
             print("\x1b[H\x1b[2J", end="")
-        print(render(rows))
+        print(render(document["revisions"], document.get("rollouts", [])))
         if not live:
             return 0
         with contextlib.suppress(KeyboardInterrupt):
@@ -188,14 +222,14 @@ def status(argv: list[str]) -> int:
         return 0
 
 
-def _fetch(url: str) -> list[dict[str, Any]]:
+def _fetch(url: str) -> dict[str, Any]:
     import urllib.request
     with urllib.request.urlopen(url, timeout=5) as response:
-        rows: list[dict[str, Any]] = json.load(response)["revisions"]
-        return rows
+        document: dict[str, Any] = json.load(response)
+        return document
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]], rollouts: Sequence[dict[str, Any]] = ()) -> str:
     def cell(row: dict[str, Any], column: str) -> str:
         value = row[column]
         if column == "conditions":
@@ -204,5 +238,9 @@ def render(rows: list[dict[str, Any]]) -> str:
 
     table = [list(COLUMNS)] + [[cell(row, c) for c in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS) - 1)]
-    return "\n".join("  ".join([*(v.ljust(w) for v, w in zip(line, widths, strict=False)),
-                                line[-1]]) for line in table)
+    lines = ["  ".join([*(v.ljust(w) for v, w in zip(line, widths, strict=False)), line[-1]])
+             for line in table]
+    lines += [f"rollout {r['service']}: {r['phase']}, step {r['step']}/{r['steps']}, "
+              f"{r['canary_revision']} at {r['canary_weight']} % ({r['reason']})"
+              for r in rollouts]
+    return "\n".join(lines)

@@ -33,6 +33,9 @@ Environment:
   Without ``SLUICE_SHAPE`` there is no shape class, and Locust's usual ``-u``/``-r``/
   ``--run-time`` or web UI drive the users.
 - ``SLUICE_LOAD_SUMMARY``: where to write the JSON summary.
+- ``SLUICE_STOP_FILE``: the run stops (and writes its summary) at the first shape tick after
+  this file exists, so a test can end the load when what it waits for has happened instead of
+  guessing a duration; ``SLUICE_RUN_SECONDS`` stays the hard bound.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ V2_WEIGHT = int(os.environ.get("SLUICE_V2_WEIGHT", "1"))
 USER_RPS = float(os.environ.get("SLUICE_USER_RPS", "1"))
 STICKY_USERS = os.environ.get("SLUICE_STICKY_USERS", "") == "1"
 SUMMARY_PATH = os.environ.get("SLUICE_LOAD_SUMMARY")
+STOP_FILE = os.environ.get("SLUICE_STOP_FILE")
 
 REVISION_HEADER = "X-Sluice-Revision"
 UNKNOWN_REVISION = "unknown"
@@ -105,6 +109,8 @@ class Scenario(LoadTestShape):
         self.run_seconds = float(os.environ.get("SLUICE_RUN_SECONDS", "inf"))
 
     def tick(self) -> shapes.Tick | None:
+        if STOP_FILE and os.path.exists(STOP_FILE):
+            return None
         return shapes.tick_at(self.schedule, self.get_run_time(), self.run_seconds)
 
 

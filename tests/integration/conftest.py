@@ -135,18 +135,26 @@ class Stack:
     """A `sluice up` process on free ports."""
 
     def __init__(self, tmp_path: Path, revisions: list[dict], tick_s: float = 0.5,
-                 **extra) -> None:
+                 controller: dict | None = None, **extra) -> None:
         self.port, self.admin, self.status_port = (procs.free_port() for _ in range(3))
         self.url = f"http://127.0.0.1:{self.port}"
+        self.controller = f"127.0.0.1:{self.status_port}"
         self.file = tmp_path / "stack.yaml"
         self.file.write_text(yaml.safe_dump({
             "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}"},
-            "controller": {"listen": f"127.0.0.1:{self.status_port}", "tick_s": tick_s},
+            "controller": {"listen": self.controller, "tick_s": tick_s, **(controller or {})},
             "services": {"model": {"revisions": revisions}}, **extra}))
+        self.run_dir = tmp_path / "run"
+        # The controller's token files go under tmp_path, not the user's runtime directory.
+        self.env = {"XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
         self.proc = procs.Proc.start(
             [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file),
-             "--run-dir", str(tmp_path / "run")],
-            ready_url=f"http://127.0.0.1:{self.status_port}/status", cwd=str(ROOT))
+             "--run-dir", str(self.run_dir)],
+            ready_url=f"http://127.0.0.1:{self.status_port}/status", cwd=str(ROOT), env=self.env)
+
+    @property
+    def token(self) -> str:
+        return (self.run_dir / "controller.token").read_text().strip()
 
     def status(self) -> dict[str, dict]:
         out = json.load(urllib.request.urlopen(

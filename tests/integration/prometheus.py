@@ -12,11 +12,11 @@ from tests import procs
 
 
 class Prometheus:
-    def __init__(self, tmp_path: Path, targets: list[str]) -> None:
+    def __init__(self, tmp_path: Path, targets: list[str], port: int | None = None) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus is not installed: run `make system-deps` (Debian package)")
-        self.port = procs.free_port()
+        self.port = port or procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp_path / "prometheus.yml"
         config.write_text(yaml.safe_dump({

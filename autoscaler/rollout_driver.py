@@ -1,0 +1,458 @@
+"""The rollout driver: runs one RolloutPolicy per service inside the controller process.
+
+The judging (policies/judges.py) and the state machine (policies/rollouts.py) are pure; this is
+the shell around them. Every ``analysis.interval_s``, and at once when a person sends a command:
+
+1. observe: the routers' exact cumulative counters (requests, 5xx, latency histogram) per
+   revision; the window is the difference from the previous interval's. Custom metrics are
+   queried from Prometheus. Counters the routers did not give, or a custom metric without a
+   value, make the interval's verdict ``None``: the state machine counts it toward
+   ``failureLimit`` (then pauses) and never rolls back on it. Counters that were not read are
+   not lost: the next window covers both intervals.
+2. judge: the sequential judge adds each interval to its running state; thresholds and compare
+   judge the current step's window (counters since the step began), and the state machine acts
+   on them only once the step's floors are met.
+3. advance the state machine, with the replicas the canary has and needs for its next weight.
+4. apply: publish both weights in one route table (a rollback moves the canary's share to
+   stable in the same table), hold the replica floors, and park (hold at zero) the old stable
+   after a promotion or the canary after a rollback when the policy says so.
+
+Every verdict, a missing one included with the reason, is kept (the last
+``rollouts.HISTORY_LIMIT``) for the status API, with the findings' values, bounds and
+statistics. Phase and step changes are logged, one line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from autoscaler import config, controller, prometheus, replicas, routers
+from policies import judges, rollout, rollouts, scaling
+
+logger = logging.getLogger(__name__)
+
+TRANSITIONS_LIMIT = 50
+"""Phase and step changes kept for status; a rollout has at most 20 steps and a few pauses."""
+COMMANDS_LIMIT = 8
+"""Commands waiting for the driver at once; more is a person or script hammering the API."""
+COMMAND_WAIT_S = 15.0
+"""How long an API call waits for its command to be applied before answering 202."""
+EPSILON = 1e-9
+"""Slack for ceil: 2.0000000001 replicas' worth of load needs 2, not 3."""
+
+
+class RolloutError(Exception):
+    """A request the rollouts refuse; nothing was changed. ``problems`` name field and reason."""
+
+    def __init__(self, status: int, message: str, problems: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problems = problems
+
+    @classmethod
+    def field(cls, status: int, field: str, reason: str) -> RolloutError:
+        return cls(status, f"{field}: {reason}", [{"field": field, "reason": reason}])
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def arm_window(window: routers.Counters | None) -> judges.ArmWindow:
+    """One revision's counters over a window as the judges read them."""
+    if window is None or window.requests == 0:
+        return judges.ArmWindow(0, 0)
+    return judges.ArmWindow(window.requests, window.errors, judges.Latencies.from_histogram(
+        window.latency_bounds_s, window.latency_buckets))
+
+
+def counters_since(now: Mapping[routers.Key, routers.Counters],
+                   before: Mapping[routers.Key, routers.Counters],
+                   key: routers.Key) -> routers.Counters | None:
+    """What `key` served between two snapshots; all of it if it was not in the earlier one."""
+    current = now.get(key)
+    if current is None:
+        return None
+    earlier = before.get(key)
+    return current if earlier is None else current - earlier
+
+
+def canary_needed(weight: int, service_demand: float, policy: scaling.ScalingPolicy) -> int:
+    """Ready replicas the canary needs to carry `weight` % of the service's demand (in its
+    policy's metric, summed over the service's revisions), as its decider would size them;
+    at least 1 for any weight, and never more than its maxReplicas."""
+    if weight <= 0:
+        return 0
+    if policy.metric_kind is scaling.MetricKind.CUSTOM:
+        needed = 1  # its signal is not the routers' load: its own decider will size it
+    else:
+        per_replica = max(0.01, policy.target_per_replica * policy.target_utilization)
+        needed = max(1, math.ceil(service_demand * weight / 100 / per_replica - EPSILON))
+    ceiling = policy.replica_ceiling
+    return needed if ceiling is None else min(needed, ceiling)
+
+
+def finding_json(finding: judges.Finding) -> dict[str, Any]:
+    return {
+        "metric": finding.metric, "outcome": str(finding.outcome), "reason": finding.reason,
+        "observed": finding.observed, "baseline": finding.baseline, "bound": finding.bound,
+        "unit": finding.unit, "statistic": finding.statistic, "p_value": finding.p_value,
+        "likelihood_ratio": finding.likelihood_ratio,
+        "interval": list(finding.interval) if finding.interval else None,
+        "canary_samples": finding.canary_samples, "stable_samples": finding.stable_samples,
+    }
+
+
+def parse_policy(data: Any) -> rollout.RolloutPolicy:
+    """A RolloutPolicy from a JSON/YAML document: the policy itself or a Rollout resource
+    (its ``spec``). Raises RolloutError(400) naming each field and its problem."""
+    if isinstance(data, Mapping) and data.get("kind") == "Rollout":
+        data = data.get("spec")
+    if not isinstance(data, Mapping):
+        raise RolloutError.field(400, "(document)", "expected a mapping: a RolloutPolicy or a "
+                                 "Rollout resource with a spec")
+    try:
+        return rollout.load_rollout(data)
+    except pydantic.ValidationError as error:
+        problems = [{"field": ".".join(str(p) for p in e["loc"]) or "(document)",
+                     "reason": e["msg"]} for e in error.errors()]
+        raise RolloutError(400, "invalid rollout", problems) from None
+
+
+# -- one rollout ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One interval's measurements: the verdict for the state machine and what it rests on."""
+
+    verdict: judges.Verdict | None
+    judged: judges.Verdict | None
+    """What the judge said, also when ``verdict`` is None because a metric had no value."""
+    canary_requests: int
+    problems: tuple[str, ...]
+    """Why there is no verdict: the routers or Prometheus did not answer."""
+
+
+class RolloutDriver:
+    """One rollout: its policy, its state, its interval loop and what it recorded."""
+
+    def __init__(self, policy: rollout.RolloutPolicy, control: controller.Controller,
+                 router_client: routers.RouterClient,
+                 metrics: prometheus.PrometheusSource | None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.control = control
+        self.routers = router_client
+        self.metrics = metrics
+        self.clock = control.clock
+        self.wall = wall
+        self.state = rollouts.RolloutState()
+        self.action: rollouts.RolloutAction | None = None
+        self.created_at = wall()
+        self.verdicts: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=rollouts.HISTORY_LIMIT)
+        self.transitions: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=TRANSITIONS_LIMIT)
+        self.first_interval = asyncio.Event()
+        """Set once the first interval is applied: the API answers a start with its result."""
+        self._judged = judges.SequentialState()
+        self._last: dict[routers.Key, routers.Counters] | None = None
+        self._step_base: dict[routers.Key, routers.Counters] = {}
+        self._commands: collections.deque[
+            tuple[rollouts.Command, asyncio.Future[None]]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._started_clock: float | None = None
+
+    @property
+    def service(self) -> str:
+        return self.policy.service
+
+    @property
+    def _canary(self) -> routers.Key:
+        return (self.policy.service, self.policy.canary_revision)
+
+    @property
+    def _stable(self) -> routers.Key:
+        return (self.policy.service, self.policy.stable_revision)
+
+    # the loop
+
+    async def run(self) -> None:
+        """Interval after interval until the rollout ends; commands wake it early."""
+        interval = self.policy.analysis.interval_s
+        next_at = self.clock()
+        try:
+            while not self.state.phase.terminal:
+                command, done = self._commands.popleft() if self._commands else (None, None)
+                try:
+                    await self.interval(command)
+                except Exception:  # a bug must not stop the loop: the max duration still counts
+                    logger.exception("rollout %s: interval failed", self.service)
+                finally:
+                    self.first_interval.set()
+                    if done is not None and not done.done():
+                        done.set_result(None)
+                if self._commands:
+                    continue
+                next_at = max(next_at + interval, self.clock())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), next_at - self.clock())
+        finally:
+            for _, done in self._commands:
+                done.cancel()
+            self._commands.clear()
+
+    async def command(self, command: rollouts.Command) -> bool:
+        """Hand a person's command to the next interval, which runs at once; True once it has
+        been applied, False if it is still queued after COMMAND_WAIT_S."""
+        if self.state.phase.terminal:
+            raise RolloutError.field(409, "service", f"the rollout of {self.service} has ended "
+                                     f"({self.state.phase}); start a new one")
+        if len(self._commands) >= COMMANDS_LIMIT:
+            raise RolloutError.field(409, "command", f"{COMMANDS_LIMIT} commands are already "
+                                     "waiting; try again once they are applied")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commands.append((command, done))
+        self._wake.set()
+        finished, _ = await asyncio.wait({done}, timeout=COMMAND_WAIT_S)
+        return bool(finished)
+
+    async def interval(self, command: rollouts.Command | None = None) -> None:
+        """Observe, judge, advance, apply: one analysis interval."""
+        now = self.clock()
+        if self._started_clock is None:
+            self._started_clock = now
+        before = self.state
+        observation = await self.observe(before)
+        self._record_verdict(now, before, observation)
+        inputs = rollouts.RolloutInputs(
+            now=now, verdict=observation.verdict, canary_requests=observation.canary_requests,
+            canary_ready=self._ready(self._canary), stable_ready=self._ready(self._stable),
+            canary_needed=self._canary_needed(rollouts.next_canary_weight(before, self.policy)),
+            command=command)
+        self.action, self.state = rollouts.advance(inputs, before, self.policy)
+        self.apply(self.action)
+        if before.started_at is None or (
+                self.state.phase, self.state.step, self.state.canary_weight) != (
+                before.phase, before.step, before.canary_weight):
+            self._step_base = dict(self._last or {})
+            self._record_transition(now)
+
+    # observing and judging
+
+    async def observe(self, state: rollouts.RolloutState) -> Observation:
+        problems: list[str] = []
+        try:
+            counters: dict[routers.Key, routers.Counters] | None = await self.routers.counters()
+        except Exception as error:  # any router not answering: no verdict; the window waits
+            counters = None
+            problems.append(f"routers did not answer: {error!r}"[:500])
+        previous = self._last
+        if counters is not None:
+            self._last = counters
+        if state.phase.terminal or state.canary_weight == 0:
+            return Observation(None, None, 0, ())  # nothing to judge: the canary has no traffic
+        if counters is None or previous is None:
+            problems.append("no earlier counters to take a window from")
+            return Observation(None, None, 0, tuple(problems))
+        canary_delta = counters_since(counters, previous, self._canary)
+        canary_requests = canary_delta.requests if canary_delta is not None else 0
+        custom, missing = await self._custom_metrics()
+        problems += missing
+        deciding = max(1, rollouts.next_canary_weight(state, self.policy))
+        if self.policy.analysis.judge is rollout.Judge.SEQUENTIAL:
+            window = judges.Window(arm_window(canary_delta), arm_window(
+                counters_since(counters, previous, self._stable)), custom, deciding)
+            judged, self._judged = judges.sequential(window, self._judged, self.policy)
+        else:
+            window = judges.Window(
+                arm_window(counters_since(counters, self._step_base, self._canary)),
+                arm_window(counters_since(counters, self._step_base, self._stable)),
+                custom, deciding)
+            judge = (judges.thresholds if self.policy.analysis.judge is rollout.Judge.THRESHOLDS
+                     else judges.compare)
+            judged = judge(window, self.policy)
+        verdict = None if problems else judged
+        return Observation(verdict, judged, canary_requests, tuple(problems))
+
+    async def _custom_metrics(self) -> tuple[dict[str, float | None], list[str]]:
+        metrics = self.policy.slo.custom
+        if not metrics:
+            return {}, []
+        if self.metrics is None:  # refused at start; kept as a reason, never as a failure
+            return {}, ["no Prometheus is configured (controller.prometheus_url)"]
+        source = self.metrics
+        readings = await asyncio.gather(*(source.query(m.query) for m in metrics))
+        values = {m.name: r.value for m, r in zip(metrics, readings, strict=True)}
+        problems = [f"{m.name}: {r.problem or 'no value'}"[:500]
+                    for m, r in zip(metrics, readings, strict=True) if r.value is None]
+        return values, problems
+
+    def _ready(self, key: routers.Key) -> int:
+        return self.control.revisions[key].replicas.count(replicas.State.READY)
+
+    def _canary_needed(self, weight: int) -> int:
+        canary = self.control.revisions[self._canary]
+        kind = canary.spec.scaling.metric_kind
+        demand = sum(
+            row.load.rps_6s if kind is scaling.MetricKind.RPS else row.load.concurrency
+            for (service, _), row in self.control.revisions.items() if service == self.service)
+        return canary_needed(weight, demand, canary.spec.scaling)
+
+    # acting
+
+    def apply(self, action: rollouts.RolloutAction) -> None:
+        """Make the action true in the controller: weights (one table), floors, parking."""
+        policy, control = self.policy, self.control
+        control.set_weights(policy.service, {policy.stable_revision: action.stable_weight,
+                                             policy.canary_revision: action.canary_weight})
+        if action.kind is not rollouts.ActionKind.DONE:
+            control.hold(policy.service, policy.canary_revision, floor=action.canary_replicas)
+            control.hold(policy.service, policy.stable_revision, floor=action.stable_replicas)
+            if policy.stickiness is not None:
+                control.sticky[policy.service] = policy.stickiness
+            return
+        control.sticky.pop(policy.service, None)
+        why = f"{self.state.phase} by the rollout to {policy.canary_revision}"
+        control.hold(policy.service, policy.canary_revision,
+                     parked=why if action.scale_canary_to_zero else None)
+        control.hold(policy.service, policy.stable_revision,
+                     parked=why if action.scale_old_stable_to_zero else None)
+
+    # recording
+
+    def _elapsed(self, now: float) -> float:
+        return round(now - (self._started_clock if self._started_clock is not None else now), 3)
+
+    def _record_verdict(self, now: float, state: rollouts.RolloutState,
+                        observation: Observation) -> None:
+        if observation.judged is None and not observation.problems:
+            return  # nothing judged, nothing missing: the canary had no traffic to judge
+        judged = observation.judged
+        if observation.verdict is not None:
+            outcome, reason = str(observation.verdict.outcome), observation.verdict.reason
+        else:
+            outcome, reason = "missing", "; ".join(observation.problems)
+        self.verdicts.append({
+            "at": self.wall(), "elapsed_s": self._elapsed(now), "step": state.step + 1,
+            "canary_weight": state.canary_weight, "outcome": outcome, "reason": reason,
+            "judged": str(judged.outcome) if judged else None,
+            "findings": [finding_json(f) for f in judged.findings] if judged else [],
+        })
+
+    def _record_transition(self, now: float) -> None:
+        state = self.state
+        entry = {"at": self.wall(), "elapsed_s": self._elapsed(now), "phase": str(state.phase),
+                 "step": state.step + 1, "canary_weight": state.canary_weight,
+                 "reason": state.reason}
+        self.transitions.append(entry)
+        logger.info("rollout %s: %s, step %d/%d, %s at %d %% (%s)", self.service, state.phase,
+                    state.step + 1, len(self.policy.steps), self.policy.canary_revision,
+                    state.canary_weight, state.reason)
+
+    def status(self, verdicts: int = 10) -> dict[str, Any]:
+        state, policy = self.state, self.policy
+        now = self.clock()
+        action = self.action
+        return {
+            "service": policy.service, "stable_revision": policy.stable_revision,
+            "canary_revision": policy.canary_revision, "phase": str(state.phase),
+            "step": state.step + 1 if state.phase is not rollouts.Phase.PENDING else 0,
+            "steps": len(policy.steps), "canary_weight": state.canary_weight,
+            "stable_weight": rollout.FULL_WEIGHT - state.canary_weight,
+            "action": str(action.kind) if action else None,
+            "reason": state.reason or (action.reason if action else ""),
+            "judge": str(policy.analysis.judge), "interval_s": policy.analysis.interval_s,
+            "created_at": self.created_at,
+            "elapsed_s": self._elapsed(now) if not state.phase.terminal else (
+                self.transitions[-1]["elapsed_s"] if self.transitions else 0.0),
+            "verdicts": list(self.verdicts)[-verdicts:] if verdicts > 0 else [],
+            "transitions": list(self.transitions),
+        }
+
+
+# -- every service's rollout ---------------------------------------------------------------------
+
+
+class Rollouts:
+    """The rollouts of the stack's services: at most one running per service."""
+
+    def __init__(self, control: controller.Controller, router_client: routers.RouterClient,
+                 controller_spec: config.ControllerSpec) -> None:
+        self.control = control
+        self.routers = router_client
+        self.metrics = (prometheus.PrometheusSource(controller_spec.prometheus_url,
+                                                    controller_spec.prometheus_timeout_s)
+                        if controller_spec.prometheus_url else None)
+        self.drivers: dict[str, RolloutDriver] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, service: str) -> RolloutDriver:
+        driver = self.drivers.get(service)
+        if driver is None:
+            raise RolloutError.field(404, "service", f"no rollout for service {service!r}")
+        return driver
+
+    async def start(self, data: Any) -> RolloutDriver:
+        """Check a policy against the stack and start it; RolloutError changes nothing."""
+        policy = parse_policy(data)
+        self._check(policy)
+        driver = RolloutDriver(policy, self.control, self.routers, self.metrics)
+        self.drivers[policy.service] = driver  # no await since _check: no race with another
+        task = asyncio.create_task(driver.run(), name=f"rollout-{policy.service}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        logger.info("rollout %s: started, %s → %s in %d steps", policy.service,
+                    policy.stable_revision, policy.canary_revision, len(policy.steps))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(driver.first_interval.wait(), COMMAND_WAIT_S)
+        return driver
+
+    def _check(self, policy: rollout.RolloutPolicy) -> None:
+        services = self.control.stack.services
+        if policy.service not in services:
+            raise RolloutError.field(400, "service", f"no service {policy.service!r} in the "
+                                     f"stack (services: {', '.join(sorted(services))})")
+        names = [r.name for r in services[policy.service].revisions]
+        for field, name in (("stableRevision", policy.stable_revision),
+                            ("canaryRevision", policy.canary_revision)):
+            if name not in names:
+                raise RolloutError.field(400, field, f"no revision {name!r} in service "
+                                         f"{policy.service!r} (revisions: {', '.join(names)})")
+        if policy.slo.custom and self.metrics is None:
+            raise RolloutError.field(400, "slo.custom", "custom metrics need a Prometheus: set "
+                                     "controller.prometheus_url in the stack file")
+        running = self.drivers.get(policy.service)
+        if running is not None and not running.state.phase.terminal:
+            raise RolloutError.field(409, "service", f"a rollout of {policy.service!r} to "
+                                     f"{running.policy.canary_revision} is {running.state.phase};"
+                                     " promote or abort it first")
+        rows = {name: self.control.revisions[(policy.service, name)] for name in names}
+        others = [f"{name} ({row.weight})" for name, row in rows.items()
+                  if row.weight and name not in (policy.stable_revision, policy.canary_revision)]
+        if others:
+            raise RolloutError.field(409, "service", "the service's traffic must be on "
+                                     "stableRevision and canaryRevision only; also weighted: "
+                                     + ", ".join(others))
+        if rows[policy.stable_revision].weight == 0:
+            raise RolloutError.field(409, "stableRevision", f"{policy.stable_revision} has "
+                                     "weight 0: the stable revision must be the one serving")
+
+    def status(self, verdicts: int = 10) -> list[dict[str, Any]]:
+        return [driver.status(verdicts) for driver in self.drivers.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
