@@ -29,7 +29,9 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    replicas are ready when the load arrives; when the last cold start's slope is clearly
    lower (a step, not a ramp) that slope is used. Of the replicas ready and starting, sluice
    keeps as many as the load plus ``KEEP_Z`` standard errors of its mean needs, so a level on
-   a replica boundary does not release and restart a replica every few windows.
+   a replica boundary does not release and restart a replica every few windows; only when a
+   cold start is longer than the panic window: a replica that starts faster is back before a
+   backlog builds, and keeping it would cost more than restarting it.
 3. Backlog drain (sluice, rps). New replicas serve a cold start from now and are billed from
    now, so they are asked for only for what the ready and starting replicas (each from when
    it becomes ready) leave of the backlog after max(panic window, cold start), sized to drain
@@ -286,7 +288,7 @@ def decide(
             stable_want = ahead_want
             conditions.add(Condition.SCALING_AHEAD)
         falling = _falling(state.history, cold_start_s, policy)
-    if features.startup_aware and state.history:
+    if features.startup_aware and state.history and _slow_to_start(cold_start_s, policy):
         stable_want = max(stable_want, _kept(inputs, state.history, history, load, policy))
     panic_want = _replicas_for(panic_demand, policy)
     drain_want = 0
@@ -532,6 +534,12 @@ def _z_score(difference: float, error: float) -> float:
     if error > 0:
         return difference / error
     return math.inf if difference > 0 else 0.0
+
+
+def _slow_to_start(cold_start_s: float | None, policy: scaling.ScalingPolicy) -> bool:
+    """Whether a replica released for noise costs more to start again than to keep: its
+    learned cold start is longer than the panic window (unknown counts as slow)."""
+    return cold_start_s is None or cold_start_s > policy.panic_window_s
 
 
 def _kept(

@@ -429,3 +429,18 @@ def test_more_load_never_gives_fewer_replicas(decide, load, the_policy, trace, l
     heavier = dataclasses.replace(less, **{load: getattr(less, load) + more})
     fewer, _ = decide(less, state, the_policy)
     assert decide(heavier, state, the_policy)[0].desired >= fewer.desired
+
+
+@pytest.mark.parametrize(("cold_start_s", "kept"), [
+    pytest.param(60.0, 6, id="slow-start-keeps-the-replica-noise-may-need"),
+    pytest.param(1.0, 5, id="fast-start-releases-it-and-restarts-if-needed"),
+])
+def test_a_replica_is_kept_for_noise_only_when_it_is_slow_to_start(cold_start_s, kept):
+    """A level of 35 in flight is exactly 5 replicas of 7, with noise around it: one more
+    replica is kept while the mean might need it, unless starting it again is cheap."""
+    history = tuple(decider.Sample(float(at), 33.0 if at % 2 else 37.0, 0.0) for at in range(60))
+    state = decider.DeciderState(history=history, last_demand_at=59.0, cold_start_s=cold_start_s,
+                                 reached_initial_scale=True)
+    decision, _ = decider.decide(decider.ScalingInputs(now=60, value=35, ready=6), state,
+                                 policy())
+    assert decision.desired == kept
