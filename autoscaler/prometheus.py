@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import urllib.parse
 from dataclasses import dataclass
 
 import requests
@@ -28,8 +29,10 @@ class Reading:
 
 class PrometheusSource:
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self.url = url
-        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s,
+        self.url = _without_credentials(url)
+        """For messages, which are served to anyone who can read the controller's status."""
+        # disable_ssl=False: an https Prometheus must present a certificate we trust.
+        self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s,
                                          retry=Retry(total=0))
 
     async def query(self, expr: str) -> Reading:
@@ -54,3 +57,12 @@ class PrometheusSource:
         if math.isnan(value):
             return Reading(None, f"{expr!r} is NaN (no traffic in its window?)")
         return Reading(value)
+
+
+def _without_credentials(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -90,7 +90,8 @@ async def command_rollout(request: web.Request) -> web.Response:
 def _unauthorized(request: web.Request) -> web.Response | None:
     offered = request.headers.get("Authorization", "")
     expected = f"Bearer {request.app[TOKEN]}"
-    if hmac.compare_digest(offered.encode(), expected.encode()):
+    # surrogateescape: a header that is not UTF-8 is a wrong token, not a 500.
+    if hmac.compare_digest(offered.encode(errors="surrogateescape"), expected.encode()):
         return None
     return web.json_response(
         {"error": "a valid bearer token is required for writes (see `sluice rollout --help`)",
@@ -109,6 +110,8 @@ async def _json_body(request: web.Request) -> Any:
             413, "(body)", f"over {MAX_BODY_BYTES} bytes") from None
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise rollout_driver.RolloutError.field(400, "(body)", "nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise rollout_driver.RolloutError.field(400, "(body)", f"not JSON: {error}") from None
 

@@ -15,7 +15,13 @@ the shell around them. Every ``analysis.interval_s``, and at once when a person 
 3. advance the state machine, with the replicas the canary has and needs for its next weight.
 4. apply: publish both weights in one route table (a rollback moves the canary's share to
    stable in the same table), hold the replica floors, and park (hold at zero) the old stable
-   after a promotion or the canary after a rollback when the policy says so.
+   after a promotion or the canary after a rollback when the policy says so. The revision left
+   with all the traffic keeps its floor for one more stable window, until its decider has
+   caught up with its new share.
+
+A sequential *fail* proven on the routers' counts is acted on even when a custom metric had no
+value; any other outcome with a source missing is no verdict. A person's promote is sized for
+100 % at once.
 
 Every verdict, a missing one included with the reason, is kept (the last
 ``rollouts.HISTORY_LIMIT``) for the status API, with the findings' values, bounds and
@@ -196,8 +202,10 @@ class RolloutDriver:
                 command, done = self._commands.popleft() if self._commands else (None, None)
                 try:
                     await self.interval(command)
-                except Exception:  # a bug must not stop the loop: the max duration still counts
+                except Exception as error:  # a bug must not stop the loop
                     logger.exception("rollout %s: interval failed", self.service)
+                    if done is not None and not done.done():
+                        done.set_exception(error)
                 finally:
                     self.first_interval.set()
                     if done is not None and not done.done():
@@ -212,6 +220,22 @@ class RolloutDriver:
             for _, done in self._commands:
                 done.cancel()
             self._commands.clear()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Release the floor ``apply`` left on the revision that has all the traffic, after
+        its stable window: its decider's count was sized for its old share and catches up only
+        over that window. A new rollout of the service cancels this first."""
+        survivor = self._survivor()
+        row = self.control.revisions[(self.policy.service, survivor)]
+        await asyncio.sleep(row.spec.scaling.stable_window_s)
+        self.control.hold(self.policy.service, survivor, floor=0)
+
+    def _survivor(self) -> str:
+        """The revision that has all the traffic once the rollout has ended."""
+        if self.state.phase is rollouts.Phase.PROMOTED:
+            return self.policy.canary_revision
+        return self.policy.stable_revision
 
     async def command(self, command: rollouts.Command) -> bool:
         """Hand a person's command to the next interval, which runs at once; True once it has
@@ -226,7 +250,15 @@ class RolloutDriver:
         self._commands.append((command, done))
         self._wake.set()
         finished, _ = await asyncio.wait({done}, timeout=COMMAND_WAIT_S)
-        return bool(finished)
+        if not finished:
+            return False
+        if done.cancelled():
+            raise RolloutError.field(409, "command", f"not applied: the rollout ended first "
+                                     f"({self.state.phase})")
+        if done.exception() is not None:
+            raise RolloutError.field(500, "command", "not applied: the analysis interval "
+                                     "failed (see the controller's log); try again")
+        return True
 
     async def interval(self, command: rollouts.Command | None = None) -> None:
         """Observe, judge, advance, apply: one analysis interval."""
@@ -234,12 +266,18 @@ class RolloutDriver:
         if self._started_clock is None:
             self._started_clock = now
         before = self.state
-        observation = await self.observe(before)
+        try:
+            observation = await self.observe(before)
+        except Exception as error:  # judged nothing; the state machine still runs its clock
+            logger.exception("rollout %s: observing failed", self.service)
+            observation = Observation(None, None, 0, (f"observing failed: {error!r}"[:500],))
         self._record_verdict(now, before, observation)
         inputs = rollouts.RolloutInputs(
             now=now, verdict=observation.verdict, canary_requests=observation.canary_requests,
             canary_ready=self._ready(self._canary), stable_ready=self._ready(self._stable),
-            canary_needed=self._canary_needed(rollouts.next_canary_weight(before, self.policy)),
+            canary_needed=self._canary_needed(
+                rollout.FULL_WEIGHT if command is rollouts.Command.PROMOTE
+                else rollouts.next_canary_weight(before, self.policy)),
             command=command)
         self.action, self.state = rollouts.advance(inputs, before, self.policy)
         self.apply(self.action)
@@ -283,7 +321,9 @@ class RolloutDriver:
             judge = (judges.thresholds if self.policy.analysis.judge is rollout.Judge.THRESHOLDS
                      else judges.compare)
             judged = judge(window, self.policy)
-        verdict = None if problems else judged
+        # A source that did not answer leaves its metrics inconclusive, but what the routers'
+        # counts prove still stands: a fail is acted on, anything else waits for all sources.
+        verdict = judged if not problems or judged.outcome is judges.Outcome.FAIL else None
         return Observation(verdict, judged, canary_requests, tuple(problems))
 
     async def _custom_metrics(self) -> tuple[dict[str, float | None], list[str]]:
@@ -324,10 +364,19 @@ class RolloutDriver:
                 control.sticky[policy.service] = policy.stickiness
             return
         control.sticky.pop(policy.service, None)
+        # The revision left with all the traffic keeps the replicas it had for the rollout
+        # (stable's floor after a rollback, what 100 % needs after a promotion) until _settle:
+        # dropping the floor with the weight change would retire ready replicas as it moves.
+        survivor = self._survivor()
+        settled = (self._canary_needed(rollout.FULL_WEIGHT)
+                   if survivor == policy.canary_revision else self.state.stable_floor)
+        floors = {survivor: max(settled, control.revisions[(policy.service, survivor)].floor)}
         why = f"{self.state.phase} by the rollout to {policy.canary_revision}"
         control.hold(policy.service, policy.canary_revision,
+                     floor=floors.get(policy.canary_revision, 0),
                      parked=why if action.scale_canary_to_zero else None)
         control.hold(policy.service, policy.stable_revision,
+                     floor=floors.get(policy.stable_revision, 0),
                      parked=why if action.scale_old_stable_to_zero else None)
 
     # recording
@@ -397,6 +446,8 @@ class Rollouts:
                         if controller_spec.prometheus_url else None)
         self.drivers: dict[str, RolloutDriver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        """Each service's latest driver task, running or settling."""
 
     def get(self, service: str) -> RolloutDriver:
         driver = self.drivers.get(service)
@@ -410,7 +461,11 @@ class Rollouts:
         self._check(policy)
         driver = RolloutDriver(policy, self.control, self.routers, self.metrics)
         self.drivers[policy.service] = driver  # no await since _check: no race with another
+        settling = self._running.pop(policy.service, None)
+        if settling is not None:  # an ended rollout holding a floor: the new one takes over
+            settling.cancel()
         task = asyncio.create_task(driver.run(), name=f"rollout-{policy.service}")
+        self._running[policy.service] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         logger.info("rollout %s: started, %s → %s in %d steps", policy.service,

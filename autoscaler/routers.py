@@ -53,8 +53,10 @@ class Counters:
                         self.latency_bounds_s)
 
     def __sub__(self, earlier: Counters) -> Counters:
-        """The window between an earlier snapshot and this one (a restart resets to this)."""
-        if self.requests < earlier.requests:
+        """The window between an earlier snapshot and this one. Any count going down means the
+        router restarted in between: the window is everything since the restart."""
+        if self.requests < earlier.requests or self.errors < earlier.errors or any(
+                a < b for a, b in zip(self.latency_buckets, earlier.latency_buckets, strict=True)):
             return self
         return Counters(self.requests - earlier.requests, self.errors - earlier.errors,
                         tuple(a - b for a, b in zip(self.latency_buckets,

@@ -628,6 +628,8 @@ def _rate_bounds(errors: int, requests: int, alpha: float) -> tuple[float, float
     mixture = special.betaln(a + errors, b + requests - errors) - special.betaln(a, b)
     log_ratios = mixture - errors * _LOG_RATES - (requests - errors) * _LOG_COMPLEMENTS
     inside = np.flatnonzero(log_ratios < math.log(1 / alpha))
+    if inside.size == 0:  # narrower than the grid's spacing (millions of errors): bracket the
+        inside = np.array([int(np.argmin(log_ratios))])  # likeliest grid rate
     first, last = int(inside[0]), int(inside[-1])
     low = float(RATE_GRID[first - 1]) if first > 0 else 0.0
     high = float(RATE_GRID[last + 1]) if last + 1 < RATE_GRID.size else 1.0

@@ -21,7 +21,10 @@ Phases::
   the fixed-horizon judges (thresholds, compare) are acted on only once the step's floors are
   met, when their one look is due.
 - Missing data is never a failure: an interval without a verdict (the metric source did not
-  answer) holds the step; ``failureLimit`` of them in a row pause the rollout with the reason.
+  answer) holds the step; ``failureLimit`` of them in a row pause the rollout with the reason,
+  and the first verdict after that resumes it (the step starts over).
+- A canary that still has traffic is rolled back on a sequential *fail* even while paused:
+  a pause stops the rollout moving forward, never the protection.
 - *inconclusive* holds the step; the rollout's maximum duration bounds the wait.
 - A person may promote (the canary gets 100 % as soon as it has the replicas, skipping the
   remaining analysis), abort (rolled back), pause and resume (the step starts over: its floors
@@ -129,6 +132,9 @@ class RolloutState:
     """Stable's ready replicas when the rollout started, held until it ends."""
     promoting: bool = False
     """A person asked to promote; waits only for the canary's capacity."""
+    source_paused: bool = False
+    """Paused because the metric source failed ``failureLimit`` times, not by a person: the
+    next verdict resumes it."""
     paused_at: float | None = None
     reason: str = ""
     """Why the rollout is in its phase, or why it waits."""
@@ -188,7 +194,7 @@ def advance(
     match inputs.command:
         case Command.ABORT:
             return _ended(state, Phase.ROLLED_BACK, "aborted by a person", policy)
-        case Command.PAUSE if state.phase is not Phase.PAUSED:
+        case Command.PAUSE if state.phase is not Phase.PAUSED or state.source_paused:
             state = _paused(state, inputs.now, "paused by a person")
         case Command.RESUME if state.phase is Phase.PAUSED:
             state = _resumed(state, inputs.now)
@@ -196,7 +202,13 @@ def advance(
             if state.phase is Phase.PAUSED:
                 state = _resumed(state, inputs.now)
             state = dataclasses.replace(state, promoting=True, reason="promotion asked for")
+    if state.phase is Phase.PAUSED and state.source_paused and inputs.verdict is not None:
+        state = _resumed(state, inputs.now)
     if state.phase is Phase.PAUSED:
+        verdict = inputs.verdict
+        if (verdict is not None and verdict.outcome is judges.Outcome.FAIL
+                and state.canary_weight and policy.analysis.judge.looks_continuously):
+            return _ended(state, Phase.ROLLED_BACK, verdict.reason, policy)
         return _holding(state, inputs, ActionKind.WAIT, state.reason), state
 
     assert state.started_at is not None
@@ -207,7 +219,8 @@ def advance(
     if state.source_failures >= policy.analysis.failure_limit:
         state = _paused(state, inputs.now, f"the metric source did not answer "
                         f"{state.source_failures} analyses in a row (failureLimit "
-                        f"{policy.analysis.failure_limit}); resume when it is back")
+                        f"{policy.analysis.failure_limit}); resumes when it answers",
+                        source=True)
         return _holding(state, inputs, ActionKind.WAIT, state.reason), state
 
     verdict = inputs.verdict if state.phase is Phase.PROGRESSING else None
@@ -286,8 +299,9 @@ def _waiting_for(
     return f"{where}: {verdict.outcome} ({verdict.reason})"
 
 
-def _paused(state: RolloutState, now: float, reason: str) -> RolloutState:
-    return dataclasses.replace(state, phase=Phase.PAUSED, paused_at=now, reason=reason)
+def _paused(state: RolloutState, now: float, reason: str, source: bool = False) -> RolloutState:
+    return dataclasses.replace(state, phase=Phase.PAUSED, paused_at=now, reason=reason,
+                               source_paused=source)
 
 
 def _resumed(state: RolloutState, now: float) -> RolloutState:
@@ -296,7 +310,8 @@ def _resumed(state: RolloutState, now: float) -> RolloutState:
     return dataclasses.replace(
         state, phase=Phase.PROGRESSING if state.canary_weight else Phase.PENDING,
         started_at=state.started_at + (now - state.paused_at), paused_at=None,
-        step_started_at=now, step_requests=0, source_failures=0, reason="resumed")
+        step_started_at=now, step_requests=0, source_failures=0, source_paused=False,
+        reason="resumed")
 
 
 def _holding(

@@ -332,3 +332,9 @@ def test_the_slo_tests_never_hold_a_canary_back():
     verdict, _ = judges.sequential(window(judges.ArmWindow(0, 0)), judges.SequentialState(),
                                    policy())
     assert {finding(verdict, m).outcome for m in ("errors-slo", "latency-slo")} == {Outcome.PASS}
+
+
+def test_rate_bounds_narrower_than_the_grid_still_bracket_the_rate():
+    """Millions of errors: the confidence interval is narrower than the grid's 1 % spacing."""
+    low, high = judges._rate_bounds(30_000_000, 100_000_000, 0.0025)
+    assert low < 0.3 < high and high / low < 1.05

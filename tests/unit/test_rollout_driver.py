@@ -7,7 +7,7 @@ import stat
 import pydantic
 import pytest
 
-from autoscaler import config, controller_token, local, rollout_driver, routers
+from autoscaler import config, controller_token, local, prometheus, rollout_driver, routers
 from policies import judges, scaling
 
 BOUNDS = (0.01, 0.02, 0.04)
@@ -44,6 +44,17 @@ def test_a_router_restart_starts_the_window_afresh():
     before = {key: counters(1000, 5, [500, 500, 0, 0])}
     now = {key: counters(20, 0, [20, 0, 0, 0])}
     assert rollout_driver.counters_since(now, before, key).requests == 20
+
+
+def test_a_restart_is_seen_when_any_count_goes_down_not_only_requests():
+    """A restarted router that has already served more requests than before: errors and a
+    bucket went down, so the window is everything since the restart, never negative."""
+    key = ("model", "v1")
+    before = {key: counters(100, 5, [50, 50, 0, 0])}
+    now = {key: counters(150, 1, [140, 10, 0, 0])}
+    window = rollout_driver.counters_since(now, before, key)
+    assert (window.requests, window.errors, window.latency_buckets) == (150, 1, (140, 10, 0, 0))
+    rollout_driver.arm_window(window)  # a valid window: no negative count
 
 
 # -- the canary's replicas -----------------------------------------------------------------------
@@ -153,3 +164,8 @@ def test_status_shows_a_line_per_rollout():
                                "steps": 3, "canary_weight": 50, "reason": "step 2 of 3"}])
     assert shown.splitlines()[-1] == ("rollout model: Progressing, step 2/3, v2 at 50 % "
                                       "(step 2 of 3)")
+
+
+def test_prometheus_credentials_stay_out_of_messages():
+    source = prometheus.PrometheusSource("http://user:secret@127.0.0.1:9/")
+    assert source.url == "http://127.0.0.1:9/"

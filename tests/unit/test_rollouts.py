@@ -204,10 +204,36 @@ def test_missing_data_pauses_after_the_failure_limit_and_never_rolls_back():
     action, state = tick(state, 20, None)
     assert (state.phase, action.canary_weight, action.stable_weight) == (Phase.PAUSED, 10, 90)
     assert state.reason == ("the metric source did not answer 4 analyses in a row "
-                            "(failureLimit 4); resume when it is back")
-    for now in range(25, 4000, 25):  # paused, it waits for a person, not for maxDuration
+                            "(failureLimit 4); resumes when it answers")
+    for now in range(25, 4000, 25):  # paused, it waits for the source, not for maxDuration
         action, state = tick(state, now, None)
     assert (state.phase, action.kind, action.canary_weight) == (Phase.PAUSED, Kind.WAIT, 10)
+    action, state = tick(state, 4000, INCONCLUSIVE)  # the source is back
+    assert (state.phase, state.step_started_at, action.canary_weight) == (
+        Phase.PROGRESSING, 4000, 10)
+
+
+@pytest.mark.parametrize("command", [None, Command.PAUSE], ids=["source-outage", "person"])
+def test_a_paused_canary_with_traffic_is_still_rolled_back_on_a_fail(command):
+    state = started()
+    if command is None:
+        for now in (5, 10, 15, 20):
+            _, state = tick(state, now, None)
+    else:
+        _, state = tick(state, 20, INCONCLUSIVE, command=command)
+    assert state.phase is Phase.PAUSED
+    action, state = tick(state, 25, FAIL)
+    assert (state.phase, action.stable_weight, action.canary_weight) == (
+        Phase.ROLLED_BACK, 100, 0)
+
+
+def test_a_person_pausing_during_a_source_outage_keeps_it_paused():
+    state = started()
+    for now in (5, 10, 15, 20):
+        _, state = tick(state, now, None)
+    _, state = tick(state, 25, None, command=Command.PAUSE)
+    _, state = tick(state, 30, PASS)
+    assert (state.phase, state.reason) == (Phase.PAUSED, "paused by a person")
 
 
 def test_a_verdict_resets_the_count_of_missing_data():
@@ -230,7 +256,7 @@ def test_pause_holds_and_resume_starts_the_step_over():
     action, state = tick(started(), 25, PASS, command=Command.PAUSE)
     assert (state.phase, action.kind, action.canary_weight, state.reason) == (
         Phase.PAUSED, Kind.WAIT, 10, "paused by a person")
-    action, state = tick(state, 100, FAIL)  # nothing is acted on while paused
+    action, state = tick(state, 100, PASS)  # no progress while paused
     assert (state.phase, action.canary_weight) == (Phase.PAUSED, 10)
     action, state = tick(state, 400, PASS, command=Command.RESUME)
     assert (state.phase, state.step_started_at, state.started_at) == (
