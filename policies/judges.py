@@ -149,6 +149,9 @@ class Latencies:
 
     values_s: npt.NDArray[np.float64]
     counts: npt.NDArray[np.int64]
+    log_resolution: float = 0.0
+    """How far (in ln seconds) a value may sit from the latency it stands for: half the widest
+    histogram bucket; 0 for raw samples."""
 
     @classmethod
     def empty(cls) -> Latencies:
@@ -175,7 +178,7 @@ class Latencies:
         lower = np.concatenate(([bounds[0] ** 2 / bounds[1]], bounds[:-1]))
         values = np.concatenate((np.sqrt(lower * bounds), bounds[-1:]))
         kept = weights > 0
-        return cls(values[kept], weights[kept])
+        return cls(values[kept], weights[kept], float(np.max(np.log(bounds / lower))) / 2)
 
     @property
     def total(self) -> int:
@@ -465,6 +468,8 @@ class SequentialState:
     """I: Σ over intervals of 1 / variance of the log-latency difference."""
     canary_slow: int = 0
     """Canary requests slower than the SLO's ``maxMs``."""
+    log_resolution: float = 0.0
+    """The widest rounding of a latency seen on either arm (``Latencies.log_resolution``)."""
 
 
 def sequential(
@@ -486,7 +491,9 @@ def sequential(
         score += (ours_sum / ours_n - theirs_sum / theirs_n) / variance
         information += 1 / variance
     slow = state.canary_slow + ours.latencies.count_above(policy.slo.latency.max_ms / 1000)
-    new_state = SequentialState(log_lrs, canary, stable, score, information, slow)
+    resolution = max(state.log_resolution, ours.latencies.log_resolution,
+                     theirs.latencies.log_resolution)
+    new_state = SequentialState(log_lrs, canary, stable, score, information, slow, resolution)
 
     compared, held = (policy.analysis.alpha * share for share in (COMPARISON_SHARE, SLO_SHARE))
     findings = [
@@ -569,9 +576,14 @@ def _sequential_latency(state: SequentialState, policy: rollout.RolloutPolicy,
               / (2 * (1 + spread)) - 0.5 * math.log1p(spread))
     ratio = math.exp(estimate)
     facts = f"ratio {ratio:.3f} within [{low:.3f}, {high:.3f}]"
-    if estimate - half > edge:
+    # Each arm's mean may be off by its rounding; together by twice that, which the interval,
+    # made for sampling noise alone, does not cover when latencies hardly vary.
+    if estimate - half > edge + 2 * state.log_resolution:
         outcome = Outcome.FAIL
-        reason = f"slower than stable by more than {tolerance:g} % ({facts} > {bound:g})"
+        rounding = (f" x {math.exp(2 * state.log_resolution):.3f} for histogram rounding"
+                    if state.log_resolution else "")
+        reason = (f"slower than stable by more than {tolerance:g} % ({facts} > {bound:g}"
+                  f"{rounding})")
     elif estimate + half <= edge:
         outcome = Outcome.PASS
         reason = f"within {tolerance:g} % of stable ({facts} ≤ {bound:g})"

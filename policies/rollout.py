@@ -167,7 +167,8 @@ class Analysis(_Model):
 
 
 class SuccessRate(_Model):
-    """The errors SLO: a request that got a 5xx (or no answer) is an error."""
+    """The errors SLO: a request answered 5xx is an error, the router's own 502/503/504 included
+    (a canary that crashes or times out shows); a client that gave up first (499) is not."""
 
     minimum: float = Field(
         99.0, alias="min", gt=0, lt=100,

@@ -338,3 +338,23 @@ def test_rate_bounds_narrower_than_the_grid_still_bracket_the_rate():
     """Millions of errors: the confidence interval is narrower than the grid's 1 % spacing."""
     low, high = judges._rate_bounds(30_000_000, 100_000_000, 0.0025)
     assert low < 0.3 < high and high / low < 1.05
+
+
+def test_histogram_rounding_alone_never_fails_a_canary_on_latency():
+    """Latencies that hardly vary, 6 % apart: with a 10 % tolerance, bucket midpoints can make
+    the ratio look 10.2 %; rounding is allowed for, so it is not a failure."""
+    bounds = [float(b) for b in router_stats.LATENCY_BOUNDS_S]
+    def histogram(seconds, n):
+        counts = [0] * (len(bounds) + 1)
+        counts[bisect.bisect_left(bounds, seconds)] = n
+        return judges.Latencies.from_histogram(bounds, counts)
+    stable_s = 0.0532
+    canary_s = next(b for b in bounds if b > stable_s * 1.06)  # a bucket's upper edge
+    state = judges.SequentialState()
+    for _ in range(20):
+        verdict, state = judges.sequential(
+            judges.Window(judges.ArmWindow(100, 0, histogram(canary_s, 100)),
+                          judges.ArmWindow(900, 0, histogram(stable_s, 900)), {"gpu-memory": 0.5}),
+            state, policy())
+    assert finding(verdict, "latency").outcome is not Outcome.FAIL
+    assert 0 < state.log_resolution < 0.05
