@@ -74,9 +74,7 @@ class ServiceSpec(_Model):
     @pydantic.field_validator("revisions")
     @classmethod
     def _unique(cls, revisions: list[RevisionSpec]) -> list[RevisionSpec]:
-        names = [r.name for r in revisions]
-        if len(set(names)) != len(names):
-            raise ValueError("revision names must be unique")
+        routing.require_unique([r.name for r in revisions], "revision names")
         return revisions
 
 

@@ -255,10 +255,7 @@ class Slo(_Model):
     @pydantic.field_validator("custom")
     @classmethod
     def _unique_names(cls, custom: list[CustomMetric]) -> list[CustomMetric]:
-        names = [metric.name for metric in custom]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"custom metric names must be unique: {', '.join(duplicates)}")
+        routing.require_unique([metric.name for metric in custom], "custom metric names")
         return custom
 
 

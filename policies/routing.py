@@ -82,6 +82,13 @@ class Revision(_Model):
         return endpoints
 
 
+def require_unique(names: list[str], what: str) -> None:
+    """Raise ValueError naming the repeated ones, for a validator to report at its field."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique: {', '.join(repeated)}")
+
+
 class Service(_Model):
     revisions: list[Revision] = Field(min_length=1, max_length=64)
     buffer: Buffer = Buffer()
@@ -90,10 +97,7 @@ class Service(_Model):
     @pydantic.field_validator("revisions")
     @classmethod
     def _unique_names(cls, revisions: list[Revision]) -> list[Revision]:
-        names = [r.name for r in revisions]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"revision names must be unique: {', '.join(duplicates)}")
+        require_unique([r.name for r in revisions], "revision names")
         return revisions
 
 
