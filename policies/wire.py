@@ -30,7 +30,7 @@ class Window(_Message):
 
     seconds: float = Field(ge=0, description="The window's length, its current second included.")
     arrivals: int = Field(ge=0, description="Requests that arrived in it.")
-    inflight_area: float = Field(ge=0, description="Requests in flight × seconds, over it.")
+    inflight_area: float = Field(ge=0, description="Requests in flight times seconds, over it.")
 
 
 class RawCounters(_Message):
