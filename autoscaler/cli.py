@@ -11,24 +11,29 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "up": ("autoscaler.local:up", "run router + autoscaler + replicas locally from one file"),
-    "status": ("autoscaler.local:status", "show each revision's replicas, load and conditions"),
-    "rollout": ("autoscaler.rollout_cli:main",
+    "up": ("autoscaler.local.up:up", "run router + autoscaler + replicas locally from one file"),
+    "status": ("autoscaler.local.status:main",
+               "show each revision's replicas, load and conditions"),
+    "rollout": ("autoscaler.rollouts.cli:main",
                 "start, watch, promote, abort, pause or resume a canary rollout"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
-    "simulate": ("autoscaler.simulate", "replay a traffic trace against a scaling policy"),
+    "simulate": ("autoscaler.sim.cli:main", "replay a traffic trace against a scaling policy"),
     "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        print(f"sluice: unknown command {argv[0]!r}; one of: {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         width = max(len(name) for name in SUBCOMMANDS)
         print("usage: sluice <command> [options]\n\ncommands:")
         for name, (_, help_) in SUBCOMMANDS.items():
             print(f"  {name:<{width}}  {help_}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv else 2
     target, _ = SUBCOMMANDS[argv[0]]
     module, _, function = target.partition(":")
     entry = getattr(importlib.import_module(module), function or "main")

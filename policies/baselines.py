@@ -91,8 +91,7 @@ def hpa_decide(
     if not due:
         return _decision(current, inputs.value, current, held=False), state
 
-    per_replica = policy.target_per_replica * policy.target_utilization
-    recommended = _recommendation(inputs.value, per_replica, current, behavior.tolerance)
+    recommended = _recommendation(inputs.value, policy.per_replica, current, behavior.tolerance)
     recent = (
         *(r for r in state.recommendations
           if r.at > inputs.now - behavior.scale_down_stabilization_s),

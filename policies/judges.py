@@ -228,7 +228,7 @@ class Window:
     custom: Mapping[str, float | None] = field(default_factory=dict)
     """Each custom metric's value by name; missing or None when its query returned nothing."""
     deciding_weight: int = rollout.FULL_WEIGHT
-    """The canary weight the verdict decides on (``rollouts.next_canary_weight``); the
+    """The canary weight the verdict decides on (``progression.next_canary_weight``); the
     sequential judge's errors margin is scaled to it."""
 
     def __post_init__(self) -> None:

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from policies import judges, rollout, rollouts, routing, scaling
+from policies import judges, progression, rollout, routing, scaling
 
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
@@ -145,7 +145,7 @@ class ConditionStatus(enum.StrEnum):
     UNKNOWN = "Unknown"
 
 
-class Condition(_ResourceModel):
+class StatusCondition(_ResourceModel):
     """One aspect of the resource's state, in metav1.Condition's shape so tools can read it."""
 
     type: str = Field(
@@ -171,7 +171,7 @@ class Condition(_ResourceModel):
 
 
 Conditions = Annotated[
-    list[Condition],
+    list[StatusCondition],
     Field(
         max_length=MAX_CONDITIONS,
         # A map keyed by type: one condition per type, and server-side apply merges by type.
@@ -199,7 +199,7 @@ class RolloutSpec(rollout.RolloutPolicy):
     """A canary rollout: a service's traffic moves to the canary step by step, or back.
 
     Every field is the RolloutPolicy of policies/rollout.py; the canary is judged against the
-    SLO at every step (policies/judges.py) and the state machine is policies/rollouts.py.
+    SLO at every step (policies/judges.py) and the state machine is policies/progression.py.
     """
 
     model_config = ConfigDict(
@@ -255,7 +255,7 @@ class RolloutSpec(rollout.RolloutPolicy):
     )
 
 
-class Finding(_ResourceModel):
+class VerdictSummary(_ResourceModel):
     """The judge's latest ruling on one metric: a judges.Finding, shortened for the status."""
 
     metric: str = Field(
@@ -280,8 +280,8 @@ class RolloutStatus(_ResourceModel):
     observed_generation: int | None = Field(
         None, ge=0, description="metadata.generation of the spec the controller last acted on.",
     )
-    phase: rollouts.Phase | None = Field(
-        None, description="Where the rollout stands; the state machine of policies/rollouts.py.",
+    phase: progression.Phase | None = Field(
+        None, description="Where the rollout stands; the state machine of policies/progression.py.",
     )
     step: int | None = Field(
         None, ge=0, description="Index of the current step in spec.steps, from 0.",
@@ -294,7 +294,7 @@ class RolloutStatus(_ResourceModel):
         default_factory=list, description="The current conditions, at most one per type."
     )
     last_verdicts: Annotated[
-        list[Finding],
+        list[VerdictSummary],
         Field(
             max_length=MAX_VERDICTS,
             json_schema_extra={

@@ -36,7 +36,7 @@ Which judge reads what (policies/judges.py has the statistics):
   ``alpha`` bounds its false rollbacks over the whole rollout, however often it looks.
 - every judge checks the custom metrics' bounds on the value their query returns.
 
-The state machine that follows this policy is :mod:`policies.rollouts`.
+The state machine that follows this policy is :mod:`policies.progression`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies import routing
+from policies import routing, validation
 
 FULL_WEIGHT = 100
 """The weight of the last step: the canary has all the traffic."""
@@ -61,6 +61,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+
+HISTORY_LIMIT = 100
+"""Verdicts a controller keeps for a rollout's status: at the default 5 s interval, the last
+eight minutes."""
+
+
+class Command(enum.StrEnum):
+    """What a person can ask of a rollout (a field or annotation on the Rollout resource)."""
+
+    PROMOTE = "promote"
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 class Judge(enum.StrEnum):
@@ -359,6 +373,20 @@ def _cross_field_errors(policy: RolloutPolicy) -> list[InitErrorDetails]:
 def load_rollout(data: Mapping[str, Any]) -> RolloutPolicy:
     """Parse a rollout from its YAML/JSON form (camelCase or snake_case keys).
 
-    Raises pydantic.ValidationError; show it with ``scaling.format_validation_error``.
+    Raises pydantic.ValidationError; show it with ``validation.describe``.
     """
     return RolloutPolicy.model_validate(dict(data))
+
+
+def parse_document(data: Any) -> RolloutPolicy:
+    """A RolloutPolicy from a JSON/YAML document: the policy itself or a Rollout resource (its
+    ``spec``). Raises validation.Invalid naming each field and its problem."""
+    if isinstance(data, Mapping) and data.get("kind") == "Rollout":
+        data = data.get("spec")
+    if not isinstance(data, Mapping):
+        raise validation.Invalid.field(validation.WHOLE, "expected a mapping: a RolloutPolicy "
+                                       "or a Rollout resource with a spec")
+    try:
+        return load_rollout(data)
+    except pydantic.ValidationError as error:
+        raise validation.Invalid.of("rollout", error) from None

@@ -128,11 +128,3 @@ def parse_endpoint(url: str) -> tuple[str, int]:
 def load(document: Mapping[str, Any]) -> RouteTable:
     """Validate a route document; raises pydantic.ValidationError naming field and reason."""
     return RouteTable.model_validate(document)
-
-
-def describe_errors(error: pydantic.ValidationError) -> list[dict[str, str]]:
-    """Each problem as ``{"field": "services.m.revisions.0.weight", "reason": ...}``."""
-    return [
-        {"field": ".".join(str(part) for part in e["loc"]) or "(document)", "reason": e["msg"]}
-        for e in error.errors()
-    ]

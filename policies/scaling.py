@@ -22,6 +22,7 @@ The decider that reads this policy is :mod:`policies.decider`.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -33,6 +34,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 CUSTOM_PREFIX = "custom:"
 METRIC_PATTERN = r"^(rps|concurrency|custom:[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?)$"
 GPU_RESOURCE_PATTERN = r"^nvidia\.com/(gpu|mig-[1-7]g\.[1-9][0-9]*gb(\+me)?)$"
+
+EPSILON = 1e-9
+"""Slack for ceil: 14.000000000000002 requests over an aim of 7 is 2 replicas, not 3."""
 
 DEFAULT_TARGETS = {"concurrency": 100.0, "rps": 200.0}
 """Knative's per-replica targets when none is given (before target utilization)."""
@@ -203,6 +207,12 @@ class ScalingPolicy(BaseModel):
         return DEFAULT_TARGETS[self.metric]
 
     @property
+    def per_replica(self) -> float:
+        """The metric value one replica is sized for: target * utilization (at least 0.01, so
+        a tiny target never divides by zero). The one place this rule is written."""
+        return max(0.01, self.target_per_replica * self.target_utilization)
+
+    @property
     def replica_ceiling(self) -> int | None:
         """max_replicas, or None when unbounded."""
         return self.max_replicas or None
@@ -241,17 +251,14 @@ def _cross_field_errors(policy: ScalingPolicy) -> list[InitErrorDetails]:
     return errors
 
 
+def replicas_for(demand: float, policy: ScalingPolicy) -> int:
+    """Replicas that carry ``demand`` (in the policy's metric) at the policy's aim."""
+    return max(0, math.ceil(demand / policy.per_replica - EPSILON))
+
+
 def load_policy(data: Mapping[str, Any]) -> ScalingPolicy:
     """Parse a policy from its YAML/JSON form (camelCase or snake_case keys).
 
-    Raises pydantic.ValidationError; show it with format_validation_error.
+    Raises pydantic.ValidationError; show it with ``validation.describe``.
     """
     return ScalingPolicy.model_validate(dict(data))
-
-
-def format_validation_error(exc: pydantic.ValidationError) -> str:
-    """One ``field.path: reason`` line per problem, in the YAML's own field names."""
-    return "\n".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '(policy)'}: {error['msg']}"
-        for error in exc.errors()
-    )

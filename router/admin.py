@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from policies import routing
+from policies import routing, validation
 from router import control as control_
 from router import stats
 
@@ -105,7 +105,7 @@ async def put_routes(request: web.Request) -> web.Response:
     except pydantic.ValidationError as error:
         return web.json_response(
             {"error": "invalid route table; the previous one keeps serving",
-             "problems": routing.describe_errors(error)}, status=400)
+             "problems": validation.problems(error)}, status=400)
     await request.app[CONTROL].apply(document)
     return web.json_response({"applied": True})
 

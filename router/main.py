@@ -28,7 +28,7 @@ import pydantic
 import yaml
 from aiohttp import web
 
-from policies import routing
+from policies import routing, validation
 from router import admin, control, worker
 from router.settings import RouterSettings
 
@@ -76,7 +76,7 @@ def load_document(path: Path) -> routing.RouteTable:
         print(f"sluice router: {path} is not YAML: {error}", file=sys.stderr)
     except pydantic.ValidationError as error:
         print(f"sluice router: invalid route table {path}:", file=sys.stderr)
-        for problem in routing.describe_errors(error):
+        for problem in validation.problems(error):
             print(f"  {problem['field']}: {problem['reason']}", file=sys.stderr)
     raise SystemExit(2)
 

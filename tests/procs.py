@@ -36,6 +36,39 @@ _LOG_TAIL_CHARS = 8_000
 _live: weakref.WeakSet[Proc] = weakref.WeakSet()
 
 
+def descendants(pid: int) -> set[int]:
+    """PIDs of every process below ``pid`` in the process tree, now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies, awaiting their parent's wait, do not count)."""
+    running = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
 class ProcError(RuntimeError):
     """A process exited early or never became ready; the message ends with its output."""
 

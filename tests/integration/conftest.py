@@ -173,20 +173,7 @@ class Stack:
 
     def descendants(self) -> set[int]:
         """PIDs started by the stack (router, replicas), found through the process tree."""
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry.name))
-        found, todo = set(), [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.add(child)
-                todo.append(child)
-        return found
+        return procs.descendants(self.proc.pid)
 
 
 def stack_revision(name: str = "v1", weight: int = 100, command=None, **policy) -> dict:

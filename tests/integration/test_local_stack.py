@@ -12,12 +12,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 
+from tests import procs
 from tests.integration.conftest import INFER, MODEL_SERVER, PAYLOAD, ROOT, stack_revision
 
 pytestmark = pytest.mark.integration
@@ -83,6 +83,4 @@ def test_stopping_the_stack_leaves_no_process_behind(start_stack):
     assert len(started) >= 3  # the router and two replicas
     stack.proc.signal(signal.SIGINT)
     assert stack.proc.wait(60) == 0
-    alive = [pid for pid in started if Path(f"/proc/{pid}").exists()
-             and "(Z)" not in Path(f"/proc/{pid}/stat").read_text()[:64]]
-    assert alive == [], f"left running: {alive}"
+    assert procs.alive(started) == [], "left running"

@@ -8,7 +8,8 @@ import time
 import aiohttp
 import pytest
 
-from autoscaler import prometheus
+from autoscaler.control import ports
+from autoscaler.sources import prometheus
 from tests import procs
 from tests.integration.conftest import INFER, PAYLOAD, service
 from tests.integration.prometheus import Prometheus
@@ -46,7 +47,7 @@ async def test_promql_reads_the_routers_exact_counts(stack):
     source = prometheus.PrometheusSource(prom.url)
     query = 'sum(sluice_router_requests_total{revision="v1",code="2xx"})'
     reading = await reading_when(source, query, lambda r: r.value == 25)
-    assert reading == prometheus.Reading(25.0)
+    assert reading == ports.Reading(25.0)
 
 
 @pytest.mark.parametrize(("expr", "problem"), [

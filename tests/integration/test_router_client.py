@@ -7,7 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from autoscaler import routers
+from autoscaler.sources import routers
+from policies import routing
 from tests.integration.conftest import INFER, PAYLOAD, TOKEN, service
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ async def test_publish_then_poke_reaches_the_subscriber(start_router):
 
     async with aiohttp.ClientSession() as session:
         client = routers.RouterClient([router.admin], TOKEN, session)
-        await client.publish(service(revision("v1", 100), revision("v2", 0)))
+        await client.publish(routing.load(service(revision("v1", 100), revision("v2", 0))))
         follower = asyncio.create_task(client.pokes(on_poke))
         # A poke fires when a revision's empty queue gets a request. Until the subscription is
         # open pokes are missed, so queue a request, and if none arrives, leave and queue again.
@@ -67,4 +68,4 @@ async def test_publish_then_poke_reaches_the_subscriber(start_router):
                 await asyncio.gather(request, return_exceptions=True)
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
-    assert (pokes[0]["service"], pokes[0]["revision"]) == ("model", "v2")
+    assert (pokes[0].service, pokes[0].revision) == ("model", "v2")

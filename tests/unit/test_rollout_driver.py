@@ -7,14 +7,18 @@ import stat
 import pydantic
 import pytest
 
-from autoscaler import config, controller_token, local, prometheus, rollout_driver, routers
+from autoscaler.control import ports
+from autoscaler.local import stack, status
+from autoscaler.rollouts import driver as rollout_driver
+from autoscaler.rollouts import token as controller_token
+from autoscaler.sources import prometheus
 from policies import judges, scaling
 
 BOUNDS = (0.01, 0.02, 0.04)
 
 
 def counters(requests, errors, buckets):
-    return routers.Counters(requests, errors, tuple(buckets), BOUNDS)
+    return ports.Counters(requests, errors, tuple(buckets), BOUNDS)
 
 
 # -- windows -------------------------------------------------------------------------------------
@@ -23,7 +27,7 @@ def test_a_window_is_the_difference_of_two_snapshots():
     key = ("model", "v2")
     before = {key: counters(100, 1, [10, 80, 10, 0])}
     now = {key: counters(150, 4, [10, 110, 25, 5])}
-    window = rollout_driver.counters_since(now, before, key)
+    window = rollout_driver.since(now[key], before[key])
     assert (window.requests, window.errors, window.latency_buckets) == (50, 3, (0, 30, 15, 5))
     arm = rollout_driver.arm_window(window)
     assert (arm.requests, arm.errors, arm.latencies.total) == (50, 3, 50)
@@ -33,8 +37,8 @@ def test_a_window_is_the_difference_of_two_snapshots():
 def test_a_revision_new_since_the_last_snapshot_counts_whole_and_a_missing_one_is_none():
     key = ("model", "v2")
     now = {key: counters(7, 0, [7, 0, 0, 0])}
-    assert rollout_driver.counters_since(now, {}, key) == now[key]
-    assert rollout_driver.counters_since({}, now, key) is None
+    assert rollout_driver.since(now[key], None) == now[key]
+    assert rollout_driver.since(None, now[key]) is None
     empty = rollout_driver.arm_window(None)
     assert (empty.requests, empty.errors, empty.latencies.total) == (0, 0, 0)
 
@@ -43,7 +47,7 @@ def test_a_router_restart_starts_the_window_afresh():
     key = ("model", "v1")
     before = {key: counters(1000, 5, [500, 500, 0, 0])}
     now = {key: counters(20, 0, [20, 0, 0, 0])}
-    assert rollout_driver.counters_since(now, before, key).requests == 20
+    assert rollout_driver.since(now[key], before[key]).requests == 20
 
 
 def test_a_restart_is_seen_when_any_count_goes_down_not_only_requests():
@@ -52,7 +56,7 @@ def test_a_restart_is_seen_when_any_count_goes_down_not_only_requests():
     key = ("model", "v1")
     before = {key: counters(100, 5, [50, 50, 0, 0])}
     now = {key: counters(150, 1, [140, 10, 0, 0])}
-    window = rollout_driver.counters_since(now, before, key)
+    window = rollout_driver.since(now[key], before[key])
     assert (window.requests, window.errors, window.latency_buckets) == (150, 1, (140, 10, 0, 0))
     rollout_driver.arm_window(window)  # a valid window: no negative count
 
@@ -153,13 +157,13 @@ def test_removing_leaves_a_newer_stacks_token_alone(tmp_path):
 @pytest.mark.parametrize("listen", ["0.0.0.0:8082", "10.1.2.3:8082", "example.com:8082"])
 def test_the_controller_listens_on_loopback_only(listen):
     with pytest.raises(pydantic.ValidationError, match="not a loopback address"):
-        config.ControllerSpec(listen=listen)
-    assert config.ControllerSpec(listen="127.0.0.2:8082").listen == "127.0.0.2:8082"
-    assert config.ControllerSpec(listen="localhost:8082").listen == "localhost:8082"
+        stack.ControllerSpec(listen=listen)
+    assert stack.ControllerSpec(listen="127.0.0.2:8082").listen == "127.0.0.2:8082"
+    assert stack.ControllerSpec(listen="localhost:8082").listen == "localhost:8082"
 
 
 def test_status_shows_a_line_per_rollout():
-    shown = local.render([], [{"service": "model", "stable_revision": "v1",
+    shown = status.render([], [{"service": "model", "stable_revision": "v1",
                                "canary_revision": "v2", "phase": "Progressing", "step": 2,
                                "steps": 3, "canary_weight": 50, "reason": "step 2 of 3"}])
     assert shown.splitlines()[-1] == ("rollout model: Progressing, step 2/3, v2 at 50 % "

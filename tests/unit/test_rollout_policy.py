@@ -6,7 +6,7 @@ import pydantic
 import pytest
 import yaml
 
-from policies import rollout, scaling
+from policies import rollout, validation
 
 NAMES = {"service": "fraud-model", "stableRevision": "v1", "canaryRevision": "v2"}
 
@@ -153,7 +153,7 @@ def test_dump_loads_back(by_alias):
 def test_invalid_value_is_rejected_with_its_path(fields, path):
     with pytest.raises(pydantic.ValidationError) as caught:
         load(**fields)
-    lines = scaling.format_validation_error(caught.value).splitlines()
+    lines = validation.describe(caught.value).splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == [path]
 
 
@@ -161,7 +161,7 @@ def test_every_problem_is_reported_once_per_line_with_its_reason():
     with pytest.raises(pydantic.ValidationError) as caught:
         load(canaryRevision="v1", steps=[{"weight": 50}, {"weight": 20}],
              maxDurationSeconds=60)
-    assert scaling.format_validation_error(caught.value).splitlines() == [
+    assert validation.describe(caught.value).splitlines() == [
         "canaryRevision: must differ from stableRevision",
         "steps.1.weight: must exceed the previous step's weight (50)",
         "steps.1.weight: the last step must have weight 100",
@@ -173,7 +173,7 @@ def test_names_are_required():
     with pytest.raises(pydantic.ValidationError) as caught:
         rollout.load_rollout({})
     paths = [line.split(": ", 1)[0]
-             for line in scaling.format_validation_error(caught.value).splitlines()]
+             for line in validation.describe(caught.value).splitlines()]
     assert paths == ["service", "stableRevision", "canaryRevision"]
 
 

@@ -3,7 +3,7 @@
 import pydantic
 import pytest
 
-from policies import routing
+from policies import routing, validation
 
 GOOD = {"services": {"fraud-model": {"revisions": [
     {"name": "v1", "weight": 90, "endpoints": ["http://127.0.0.1:9001"]},
@@ -54,7 +54,7 @@ def test_good_document_loads_with_defaults():
 def test_invalid_documents_name_field_and_reason(document, field, reason):
     with pytest.raises(pydantic.ValidationError) as caught:
         routing.load(document)
-    problems = routing.describe_errors(caught.value)
+    problems = validation.problems(caught.value)
     assert any(p["field"] == field and reason in p["reason"] for p in problems), problems
 
 

@@ -5,7 +5,7 @@ test_decider.py."""
 import pydantic
 import pytest
 
-from policies import scaling
+from policies import scaling, validation
 
 
 @pytest.mark.parametrize(
@@ -149,14 +149,14 @@ def test_panic_window(stable_window_s, panic_percentage, panic_window_s):
 def test_invalid_value_is_rejected_with_its_path(data, path):
     with pytest.raises(pydantic.ValidationError) as caught:
         scaling.load_policy(data)
-    lines = scaling.format_validation_error(caught.value).splitlines()
+    lines = validation.describe(caught.value).splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == [path]
 
 
 def test_every_problem_is_reported_once_per_line():
     with pytest.raises(pydantic.ValidationError) as caught:
         scaling.load_policy({"minReplicas": 4, "initialScale": 5, "maxReplicas": 3})
-    assert scaling.format_validation_error(caught.value).splitlines() == [
+    assert validation.describe(caught.value).splitlines() == [
         "minReplicas: must not exceed maxReplicas (3)",
         "initialScale: must not exceed maxReplicas (3)",
     ]

@@ -1,5 +1,5 @@
-"""The simulator (autoscaler/simulate.py) on tiny synthetic traces, its trace loading
-(autoscaler/traces.py) and its command line. Everything runs in simulated time.
+"""The simulator (autoscaler/sim/model.py) on tiny synthetic traces, its trace loading
+(autoscaler/sim/traces.py) and its command line. Everything runs in simulated time.
 
 Unless a test says otherwise the policy scales on rps with target 100 at utilization 0.7, so a
 ready replica serves 70 requests/s, and replicas start in 10 s.
@@ -11,7 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from autoscaler import cli, simulate, traces
+from autoscaler import cli
+from autoscaler.sim import cli as sim_cli
+from autoscaler.sim import model, traces
+from loadtests import sim_bench
 from policies import scaling
 
 CAPACITY = 70
@@ -28,7 +31,7 @@ def trace(rates, **replica_model):
 
 def simulate_(rates, the_policy=None, **replica_model):
     the_trace, the_policy = trace(rates, **replica_model), the_policy or policy()
-    return simulate.simulate(the_trace, the_policy, simulate.replica_model(the_trace, the_policy))
+    return model.simulate(the_trace, the_policy, model.replica_model(the_trace, the_policy))
 
 
 SCALERS = ("sluice", "kpa", "hpa")
@@ -123,7 +126,7 @@ def test_gpu_inventory_caps_the_replicas_that_start():
 def test_queueing_delay_is_the_distance_between_arrivals_and_service():
     # 140 requests arrive evenly in one second, 70 are served in it and 70 in the next:
     # the n-th request waits n/140 s, so delays are uniform on [0, 1].
-    mean, p99 = simulate._delays(np.array([0.0, 140, 0, 0]), np.array([0.0, 70, 70, 0]), 0)
+    mean, p99 = model._delays(np.array([0.0, 140, 0, 0]), np.array([0.0, 70, 70, 0]), 0)
     assert mean == pytest.approx(0.5, abs=1e-3)
     assert p99 == pytest.approx(0.99, abs=1e-3)
 
@@ -131,7 +134,7 @@ def test_queueing_delay_is_the_distance_between_arrivals_and_service():
 def test_kpa_baseline_keeps_the_workload_but_knatives_knobs():
     tuned = policy(target_utilization=0.8, stable_window_s=240, scale_down_delay_s=300,
                    gpus_per_replica=2, max_replicas=20)
-    kpa = simulate.kpa_policy(tuned)
+    kpa = model.kpa_policy(tuned)
     assert (kpa.target, kpa.target_utilization, kpa.gpus_per_replica, kpa.max_replicas) == (
         100, 0.8, 2, 20)
     assert (kpa.stable_window_s, kpa.scale_down_delay_s) == (60, 0)
@@ -143,7 +146,7 @@ def test_bundled_traces_are_deterministic_per_seed(name):
     assert np.array_equal(first.rps, again.rps)
     assert not np.array_equal(first.rps, traces.bundled(name, seed=1).rps)
     assert first.rps.min() >= 0
-    assert (simulate.EXAMPLE_POLICIES / first.policy).exists()
+    assert (sim_bench.EXAMPLE_POLICIES / first.policy).exists()
 
 
 def test_csv_rates_hold_until_the_next_row(tmp_path):
@@ -202,7 +205,7 @@ def test_invalid_policy_exits_2_naming_the_field(files, capsys, policy_yaml, fie
 @pytest.mark.parametrize("trace_arg", ["nosuchtrace", "missing.csv"])
 def test_unknown_trace_exits_2(files, capsys, trace_arg):
     argv = ["--policy", str(files / "policy.yaml"), "--trace", str(files / trace_arg)]
-    assert simulate.main(argv) == 2
+    assert sim_cli.main(argv) == 2
     assert trace_arg in capsys.readouterr().err
 
 
@@ -210,7 +213,7 @@ def test_json_reports_every_scaler_and_plot_is_a_png(files, capsys):
     png = files / "out.png"
     argv = ["--policy", str(files / "policy.yaml"), "--trace", str(files / "load.csv"),
             "--json", "--plot", str(png)]
-    assert simulate.main(argv) == 0
+    assert sim_cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["trace"] == {"name": "load", "description": "load.csv: 4 rows",
                                "duration_s": 180}
@@ -227,7 +230,7 @@ def test_json_reports_every_scaler_and_plot_is_a_png(files, capsys):
 def test_table_names_every_scaler(files, capsys):
     argv = ["--policy", str(files / "policy.yaml"), "--trace", str(files / "load.csv"),
             "--capacity", "100", "--cold-start", "5", "--tick", "2"]
-    assert simulate.main(argv) == 0
+    assert sim_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "Replicas serve 100 rps each and start in 5 s." in out
     assert [line.split()[0] for line in out.splitlines()[2:]] == [

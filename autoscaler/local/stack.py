@@ -25,7 +25,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies import routing
+from policies import routing, validation
 from policies import scaling as scaling_  # `scaling` is also a field name below
 
 
@@ -140,12 +140,5 @@ def load(path: Path) -> LocalStack:
     try:
         return LocalStack.model_validate(data if isinstance(data, dict) else {})
     except pydantic.ValidationError as error:
-        raise ValueError(describe(error)) from None
+        raise ValueError(validation.describe(error)) from None
 
-
-def describe(error: pydantic.ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "(file)"
-        lines.append(f"{field}: {problem['msg']}")
-    return "\n".join(lines)

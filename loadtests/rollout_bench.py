@@ -21,7 +21,7 @@ promote a good canary.
 Controllers, both with the weights of Flagger's documented example (stepWeight 10 up to
 maxWeight 50):
 
-- sluice: ``policies.rollouts.advance`` driven by ``policies.judges.sequential`` every 5 s,
+- sluice: ``policies.progression.advance`` driven by ``policies.judges.sequential`` every 5 s,
   with the default policy but those steps (10, 20, 30, 40, 50, 100 %, each at least 30 s and
   100 canary requests). The canary always has the replicas it needs: capacity is not measured.
 - Flagger, as its scheduler runs (pkg/controller/scheduler.go) with the documented example
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from policies import judges, rollout, rollouts
+from policies import judges, progression, rollout
 
 TOTAL_RPS = 50.0
 STABLE_ERROR_RATE = 0.005
@@ -153,20 +153,20 @@ def sluice_policy() -> rollout.RolloutPolicy:
 
 def sluice_run(trace: Trace, arms: Arms, policy: rollout.RolloutPolicy) -> Ending:
     interval = int(policy.analysis.interval_s)
-    ready = rollouts.RolloutInputs(now=0.0, verdict=None, canary_ready=1, canary_needed=1,
+    ready = progression.RolloutInputs(now=0.0, verdict=None, canary_ready=1, canary_needed=1,
                                    stable_ready=1)
-    action, state = rollouts.advance(ready, rollouts.RolloutState(), policy)
+    action, state = progression.advance(ready, progression.RolloutState(), policy)
     judged = judges.SequentialState()
     for start in range(0, HORIZON_S - interval + 1, interval):
         canary, stable = trace.served(arms, start, start + interval, action.canary_weight)
         window = judges.Window(canary, stable,
-                               deciding_weight=rollouts.next_canary_weight(state, policy))
+                               deciding_weight=progression.next_canary_weight(state, policy))
         verdict, judged = judges.sequential(window, judged, policy)
-        inputs = rollouts.RolloutInputs(now=float(start + interval), verdict=verdict,
+        inputs = progression.RolloutInputs(now=float(start + interval), verdict=verdict,
                                         canary_requests=canary.requests, canary_ready=1,
                                         canary_needed=1, stable_ready=1)
-        action, state = rollouts.advance(inputs, state, policy)
-        if state.phase is rollouts.Phase.ROLLED_BACK:
+        action, state = progression.advance(inputs, state, policy)
+        if state.phase is progression.Phase.ROLLED_BACK:
             return Ending("rolled back", inputs.now)
         if action.canary_weight == rollout.FULL_WEIGHT:
             return Ending("promoted", inputs.now)
@@ -277,7 +277,7 @@ def benchmark_section(args: argparse.Namespace) -> str:
         "## Rollouts: detection and false rollbacks", "",
         f"Made by `{args.command}` (`make bench` runs every section). Simulated traffic: the "
         "numbers depend on the code and the seeds, not on the machine. Model and controllers: "
-        "autoscaler/rollout_bench.py.", "",
+        "loadtests/rollout_bench.py.", "",
         f"{TOTAL_RPS:g} RPS in total, Poisson; stable {100 * STABLE_ERROR_RATE:g} % errors, "
         f"lognormal latency with median {1000 * STABLE_MEDIAN_S:g} ms and sigma {LOG_SIGMA:g} "
         "(p99 427 ms). Weights 10, 20, 30, 40, 50 % then all, as Flagger's documented example "

@@ -28,7 +28,8 @@ from typing import Any
 
 import aiohttp
 
-from autoscaler import config, gpus
+from autoscaler.control import ports
+from autoscaler.local import gpus, stack
 
 MAX_BACKOFF_S = 30.0
 
@@ -56,9 +57,10 @@ class Replica:
 
 
 class RevisionReplicas:
-    """The processes of one revision, kept at `desired` by `scale`."""
+    """The processes of one revision, kept at `desired` by `scale`: the local Replicas of
+    control/ports.py."""
 
-    def __init__(self, service: str, spec: config.RevisionSpec, pool: gpus.GpuPool,
+    def __init__(self, service: str, spec: stack.RevisionSpec, pool: gpus.GpuPool,
                  session: aiohttp.ClientSession, log_dir: Path,
                  on_change: Callable[[], None]) -> None:
         self.service = service
@@ -80,6 +82,10 @@ class RevisionReplicas:
 
     def count(self, state: State) -> int:
         return sum(1 for r in self.replicas if r.state == state)
+
+    def counts(self) -> ports.ReplicaCounts:
+        return ports.ReplicaCounts(ready=self.count(State.READY),
+                                   starting=self.count(State.STARTING))
 
     def endpoints(self) -> list[str]:
         return [r.url for r in self.replicas if r.state == State.READY]
@@ -118,13 +124,13 @@ class RevisionReplicas:
             live.append(replica)
             self._spawn(replica, self._run(replica))
 
-    def stop_drained(self) -> None:
+    def released(self) -> None:
         """Signal replicas that have left the published route table."""
         for replica in self.replicas:
             if replica.state == State.DRAINING:
                 self._stop(replica)
 
-    async def stop_all(self) -> None:
+    async def close(self) -> None:
         self.desired = 0
         for replica in self.replicas:
             if replica.state != State.STOPPING:

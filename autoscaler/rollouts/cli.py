@@ -7,7 +7,7 @@
     sluice rollout promote|abort|pause|resume SERVICE
 
 The controller is at ``--controller`` (default 127.0.0.1:8082, or $SLUICE_CONTROLLER). Writes
-send the token ``sluice up`` wrote for that controller (autoscaler/controller_token.py), or
+send the token ``sluice up`` wrote for that controller (autoscaler/token.py), or
 the one in ``--token-file`` or $SLUICE_CONTROLLER_TOKEN. A file that is not a valid rollout
 exits 2 naming the field, before anything is sent; so does a rollout the controller refuses as
 invalid (400). Other refusals (409: one is already running) and an unreachable controller
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from autoscaler import controller_token, rollout_driver
-from policies import rollouts
+from autoscaler.rollouts import token
+from policies import rollout, validation
 
 DEFAULT_CONTROLLER = "127.0.0.1:8082"
 TIMEOUT_S = 30.0
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
                                                                 DEFAULT_CONTROLLER),
                         help="the controller's HOST:PORT (default %(default)s)")
     parser.add_argument("--token-file", type=Path,
-                        help=f"the write token (default: ${controller_token.ENV}, else the file "
+                        help=f"the write token (default: ${token.ENV}, else the file "
                              "`sluice up` wrote for this controller)")
     commands = parser.add_subparsers(dest="action", required=True)
     start = commands.add_parser("start", help="start a rollout from a file")
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     status.add_argument("--verdicts", type=int, default=5, help="verdicts shown (default 5)")
-    for command in rollouts.Command:
+    for command in rollout.Command:
         steer = commands.add_parser(command.value, help=f"{command.value} a service's rollout")
         steer.add_argument("service")
     args = parser.parse_args(argv)
@@ -70,17 +70,17 @@ def main(argv: list[str]) -> int:
     try:
         if args.action == "status":
             return _status(base, args)
-        token = controller_token.find(args.controller, args.token_file)
+        secret = token.find(args.controller, args.token_file)
         if args.action == "start":
             try:
                 body = _policy_document(args.file)
-            except rollout_driver.RolloutError as error:
+            except validation.Invalid as error:
                 _problems(f"invalid {args.file}", error.problems)
                 return 2
-            shown = _request("POST", f"{base}/rollouts", token, body)
+            shown = _request("POST", f"{base}/rollouts", secret, body)
         else:
-            shown = _request("POST", f"{base}/rollouts/{args.service}/{args.action}", token)
-    except controller_token.TokenNotFound as error:
+            shown = _request("POST", f"{base}/rollouts/{args.service}/{args.action}", secret)
+    except token.TokenNotFound as error:
         print(f"sluice rollout: {error}", file=sys.stderr)
         return 1
     except Refused as error:
@@ -99,15 +99,15 @@ def _policy_document(path: Path) -> Any:
         with path.open("rb") as file:
             data = yaml.safe_load(file.read(MAX_FILE_BYTES))
     except OSError as error:
-        raise rollout_driver.RolloutError.field(400, "(file)", str(error)) from None
+        raise validation.Invalid.field("(file)", str(error)) from None
     except yaml.YAMLError as error:
-        raise rollout_driver.RolloutError.field(400, "(file)", f"not YAML: {error}") from None
-    rollout_driver.parse_policy(data)
+        raise validation.Invalid.field("(file)", f"not YAML: {error}") from None
+    rollout.parse_document(data)
     return data
 
 
 def _status(base: str, args: argparse.Namespace) -> int:
-    verdicts = max(0, min(args.verdicts, rollouts.HISTORY_LIMIT))
+    verdicts = max(0, min(args.verdicts, rollout.HISTORY_LIMIT))
     path = f"/rollouts/{args.service}" if args.service else "/rollouts"
     try:
         answer = _request("GET", f"{base}{path}?verdicts={verdicts}")
@@ -142,7 +142,7 @@ def _request(method: str, url: str, token: str | None = None, body: Any = None) 
         raise Refused(error.code, answer if isinstance(answer, dict) else {}) from None
 
 
-def _problems(headline: str, problems: list[dict[str, str]]) -> None:
+def _problems(headline: str, problems: list[Any]) -> None:
     print(f"sluice rollout: {headline}", file=sys.stderr)
     for problem in problems:
         print(f"  {problem.get('field')}: {problem.get('reason')}", file=sys.stderr)

@@ -8,7 +8,7 @@
                                              the YAML), or a Rollout resource with a spec
     POST /rollouts/{service}/{command}       promote | abort | pause | resume
 
-Writes need ``Authorization: Bearer <token>`` (autoscaler/controller_token.py): 401 without it.
+Writes need ``Authorization: Bearer <token>`` (autoscaler/rollouts/token.py): 401 without it.
 A refused write changes nothing and says why: ``{"error": ..., "problems": [{"field", "reason"}]}``
 with 400 (invalid policy, unknown service or revision), 409 (a rollout already running, traffic
 on a third revision, a command to an ended rollout) or 413 (a body over MAX_BODY_BYTES). A
@@ -23,17 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from autoscaler import rollout_driver
-from policies import rollouts as rollouts_
+from autoscaler.rollouts import driver as driver_
+from policies import rollout
 
 MAX_BODY_BYTES = 64 * 1024
 """A rollout policy is a few hundred bytes; 20 custom queries of 4 KiB still fit."""
 
-ROLLOUTS = web.AppKey("rollouts", rollout_driver.Rollouts)
+ROLLOUTS = web.AppKey("rollouts", driver_.Rollouts)
 TOKEN = web.AppKey("rollout_token", str)
 
 
-def add_routes(app: web.Application, rollouts: rollout_driver.Rollouts, token: str) -> None:
+def add_routes(app: web.Application, rollouts: driver_.Rollouts, token: str) -> None:
     """Serve the rollout API on `app`, which must bound bodies (``client_max_size``)."""
     if not token:
         raise ValueError("the rollout API needs a write token")
@@ -53,7 +53,7 @@ async def list_rollouts(request: web.Request) -> web.Response:
 async def get_rollout(request: web.Request) -> web.Response:
     try:
         driver = request.app[ROLLOUTS].get(request.match_info["service"])
-    except rollout_driver.RolloutError as error:
+    except driver_.RolloutError as error:
         return _refused(error)
     return web.json_response(driver.status(_verdicts(request)))
 
@@ -64,7 +64,7 @@ async def start_rollout(request: web.Request) -> web.Response:
     try:
         body = await _json_body(request)
         driver = await request.app[ROLLOUTS].start(body)
-    except rollout_driver.RolloutError as error:
+    except driver_.RolloutError as error:
         return _refused(error)
     return web.json_response(driver.status(), status=201)
 
@@ -74,15 +74,15 @@ async def command_rollout(request: web.Request) -> web.Response:
         return denied
     name = request.match_info["command"]
     try:
-        command = rollouts_.Command(name)
+        command = rollout.Command(name)
     except ValueError:
-        known = ", ".join(c.value for c in rollouts_.Command)
-        return _refused(rollout_driver.RolloutError.field(
+        known = ", ".join(c.value for c in rollout.Command)
+        return _refused(driver_.RolloutError.field(
             400, "command", f"{name!r} is not one of {known}"))
     try:
         driver = request.app[ROLLOUTS].get(request.match_info["service"])
         applied = await driver.command(command)
-    except rollout_driver.RolloutError as error:
+    except driver_.RolloutError as error:
         return _refused(error)
     return web.json_response(driver.status(), status=200 if applied else 202)
 
@@ -101,19 +101,19 @@ def _unauthorized(request: web.Request) -> web.Response | None:
 
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise rollout_driver.RolloutError.field(
+        raise driver_.RolloutError.field(
             413, "(body)", f"{request.content_length} bytes is over {MAX_BODY_BYTES}")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise rollout_driver.RolloutError.field(
+        raise driver_.RolloutError.field(
             413, "(body)", f"over {MAX_BODY_BYTES} bytes") from None
     try:
         return json.loads(raw)
     except RecursionError:
-        raise rollout_driver.RolloutError.field(400, "(body)", "nested too deeply") from None
+        raise driver_.RolloutError.field(400, "(body)", "nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise rollout_driver.RolloutError.field(400, "(body)", f"not JSON: {error}") from None
+        raise driver_.RolloutError.field(400, "(body)", f"not JSON: {error}") from None
 
 
 def _verdicts(request: web.Request) -> int:
@@ -121,9 +121,9 @@ def _verdicts(request: web.Request) -> int:
         wanted = int(request.query.get("verdicts", "10"))
     except ValueError:
         wanted = 10
-    return min(max(wanted, 0), rollouts_.HISTORY_LIMIT)
+    return min(max(wanted, 0), rollout.HISTORY_LIMIT)
 
 
-def _refused(error: rollout_driver.RolloutError) -> web.Response:
+def _refused(error: driver_.RolloutError) -> web.Response:
     return web.json_response({"error": str(error), "problems": error.problems},
                              status=error.status)

@@ -1,4 +1,4 @@
-"""The rollout state machine of policies/rollouts.py, call by call.
+"""The rollout state machine of policies/progression.py, call by call.
 
 Time is the ``now`` each test passes; nothing sleeps. Unless a test says otherwise the policy has
 three steps — 10 %, 50 %, 100 % — each of at least 30 s and 100 canary requests, the sequential
@@ -10,12 +10,12 @@ import dataclasses
 
 import pytest
 
-from policies import judges, rollout, rollouts
+from policies import judges, progression, rollout
 
 Outcome = judges.Outcome
-Phase = rollouts.Phase
-Kind = rollouts.ActionKind
-Command = rollouts.Command
+Phase = progression.Phase
+Kind = progression.ActionKind
+Command = rollout.Command
 
 
 def policy(judge="sequential", **fields):
@@ -35,15 +35,15 @@ PASS, FAIL, INCONCLUSIVE = (verdict(o) for o in Outcome)
 
 def tick(state, now, given=PASS, *, requests=100, ready=1, needed=1, stable=4, command=None,
          the_policy=None):
-    inputs = rollouts.RolloutInputs(now=now, verdict=given, canary_requests=requests,
+    inputs = progression.RolloutInputs(now=now, verdict=given, canary_requests=requests,
                                     canary_ready=ready, canary_needed=needed, stable_ready=stable,
                                     command=command)
-    return rollouts.advance(inputs, state, the_policy or policy())
+    return progression.advance(inputs, state, the_policy or policy())
 
 
 def started(the_policy=None):
     """A rollout that entered its first step (10 %) at t = 0 with 4 stable replicas."""
-    action, state = tick(rollouts.RolloutState(), 0.0, None, the_policy=the_policy)
+    action, state = tick(progression.RolloutState(), 0.0, None, the_policy=the_policy)
     assert (action.kind, state.phase, state.canary_weight) == (Kind.SET_WEIGHTS,
                                                                Phase.PROGRESSING, 10)
     return state
@@ -58,7 +58,7 @@ def at_step(index, the_policy=None):
 # -- starting and stepping -----------------------------------------------------------------------
 
 def test_the_first_step_waits_for_the_canary_replicas():
-    action, state = tick(rollouts.RolloutState(), 0.0, None, ready=0, needed=2)
+    action, state = tick(progression.RolloutState(), 0.0, None, ready=0, needed=2)
     assert (action.kind, action.stable_weight, action.canary_weight) == (
         Kind.WAIT_FOR_CAPACITY, 100, 0)
     assert (action.canary_replicas, state.phase) == (2, Phase.PENDING)
@@ -118,7 +118,7 @@ def test_every_step_to_promotion():
         assert action.stable_replicas == 4  # stable keeps its capacity until promotion
     action, state = tick(state, 90, INCONCLUSIVE)  # at 100 % there is no stable to compare with
     assert (state.phase, state.reason) == (Phase.PROMOTED, "every step passed")
-    assert action == rollouts.RolloutAction(Kind.DONE, 0, 100, canary_replicas=0,
+    assert action == progression.RolloutAction(Kind.DONE, 0, 100, canary_replicas=0,
                                             stable_replicas=0, scale_old_stable_to_zero=True,
                                             reason="every step passed")
 
@@ -150,16 +150,16 @@ def test_the_canary_is_asked_for_the_next_weights_replicas_ahead():
 @pytest.mark.parametrize(
     ("state", "weight"),
     [
-        pytest.param(rollouts.RolloutState(), 10, id="pending-first-step"),
+        pytest.param(progression.RolloutState(), 10, id="pending-first-step"),
         pytest.param(at_step(0), 50, id="progressing-next-step"),
         pytest.param(at_step(2), 100, id="last-step-itself"),
         pytest.param(dataclasses.replace(at_step(0), promoting=True), 100, id="promoting"),
-        pytest.param(rollouts.RolloutState(phase=Phase.ROLLED_BACK), 0, id="rolled-back"),
-        pytest.param(rollouts.RolloutState(phase=Phase.PROMOTED), 100, id="promoted"),
+        pytest.param(progression.RolloutState(phase=Phase.ROLLED_BACK), 0, id="rolled-back"),
+        pytest.param(progression.RolloutState(phase=Phase.PROMOTED), 100, id="promoted"),
     ],
 )
 def test_next_canary_weight(state, weight):
-    assert rollouts.next_canary_weight(state, policy()) == weight
+    assert progression.next_canary_weight(state, policy()) == weight
 
 
 # -- failing ---------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_rollback_sends_the_canarys_share_to_stable_at_once(ready):
     action, state = tick(at_step(1), 3, verdict(Outcome.FAIL, "error rate 5 % vs 0.5 %"),
                          ready=ready, needed=5)
     assert (state.phase, state.reason) == (Phase.ROLLED_BACK, "errors: error rate 5 % vs 0.5 %")
-    assert action == rollouts.RolloutAction(Kind.DONE, 100, 0, canary_replicas=0,
+    assert action == progression.RolloutAction(Kind.DONE, 100, 0, canary_replicas=0,
                                             stable_replicas=0, scale_canary_to_zero=True,
                                             reason="errors: error rate 5 % vs 0.5 %")
 
@@ -190,9 +190,8 @@ def test_a_fixed_horizon_judge_is_heard_only_at_the_end_of_the_step():
 
 
 def test_a_verdict_before_the_canary_has_traffic_is_ignored():
-    action, state = tick(rollouts.RolloutState(), 0, FAIL, ready=0, needed=1)
-    assert (action.kind, state.phase, len(state.history)) == (
-        Kind.WAIT_FOR_CAPACITY, Phase.PENDING, 1)
+    action, state = tick(progression.RolloutState(), 0, FAIL, ready=0, needed=1)
+    assert (action.kind, state.phase) == (Kind.WAIT_FOR_CAPACITY, Phase.PENDING)
 
 
 def test_missing_data_pauses_after_the_failure_limit_and_never_rolls_back():
@@ -267,7 +266,7 @@ def test_pause_holds_and_resume_starts_the_step_over():
 
 
 def test_resume_while_pending_returns_to_pending():
-    _, state = tick(rollouts.RolloutState(), 0, None, ready=0, command=Command.PAUSE)
+    _, state = tick(progression.RolloutState(), 0, None, ready=0, command=Command.PAUSE)
     assert state.phase is Phase.PAUSED
     _, state = tick(state, 5, None, ready=0, command=Command.RESUME)
     assert state.phase is Phase.PENDING
@@ -280,7 +279,7 @@ def test_promote_skips_the_analysis_but_not_the_capacity(ready):
     if ready < 4:
         assert (action.kind, action.canary_weight, action.canary_replicas) == (
             Kind.WAIT_FOR_CAPACITY, 10, 4)
-        assert rollouts.next_canary_weight(state, policy()) == 100
+        assert progression.next_canary_weight(state, policy()) == 100
         action, state = tick(state, 10, INCONCLUSIVE, ready=4, needed=4)
     assert (state.phase, action.canary_weight, state.reason) == (
         Phase.PROMOTED, 100, "promotion asked for")
@@ -295,7 +294,7 @@ def test_promote_while_paused():
 @pytest.mark.parametrize(
     "state",
     [
-        pytest.param(rollouts.RolloutState(), id="pending"),
+        pytest.param(progression.RolloutState(), id="pending"),
         pytest.param(at_step(1), id="progressing"),
         pytest.param(dataclasses.replace(at_step(1), phase=Phase.PAUSED, paused_at=1.0),
                      id="paused"),
@@ -309,27 +308,14 @@ def test_abort_rolls_back_from_any_live_phase(state):
 
 @pytest.mark.parametrize("phase", [Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED])
 def test_an_ended_rollout_stays_ended(phase):
-    state = rollouts.RolloutState(phase=phase, canary_weight=100 if phase is Phase.PROMOTED else 0,
-                                  reason="over")
+    state = progression.RolloutState(
+        phase=phase, canary_weight=100 if phase is Phase.PROMOTED else 0, reason="over")
     first, _ = tick(state, 5, PASS)
     for command in Command:
         action, after = tick(state, 10, FAIL, command=command)
         assert (action, after) == (first, state)
 
 
-# -- records ---------------------------------------------------------------------------------------
-
-def test_every_verdict_is_recorded_up_to_the_limit():
-    state = started()
-    given = [verdict(Outcome.INCONCLUSIVE, f"look {i}") for i in range(rollouts.HISTORY_LIMIT + 9)]
-    for i, one in enumerate(given):
-        _, state = tick(state, 1 + i, one, requests=0)
-    _, state = tick(state, 500, None, requests=0)
-    assert len(state.history) == rollouts.HISTORY_LIMIT
-    assert [r.verdict for r in state.history[:-1]] == given[-(rollouts.HISTORY_LIMIT - 1):]
-    assert state.history[-1] == rollouts.VerdictRecord(500, 0, 10, None)
-
-
 def test_negative_observations_are_rejected():
     with pytest.raises(ValueError):
-        rollouts.RolloutInputs(now=0, verdict=None, canary_ready=-1)
+        progression.RolloutInputs(now=0, verdict=None, canary_ready=-1)

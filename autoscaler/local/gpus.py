@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from autoscaler.control import ports
+
 
 class GpuPool:
+    """The stack's GPUs: the local Capacity of control/ports.py."""
+
     def __init__(self, indices: list[int]) -> None:
         self._free = sorted(set(indices))
         self.total = len(self._free)
@@ -14,6 +18,9 @@ class GpuPool:
     @property
     def free(self) -> int:
         return len(self._free)
+
+    def free_gpus(self, target: ports.RevisionTarget) -> int | None:
+        return self.free if target.policy.gpus_per_replica else None
 
     def take(self, count: int) -> tuple[int, ...] | None:
         """`count` devices, or None when not that many are free."""

@@ -41,8 +41,8 @@ Capacity safety, the lesson of KServe #5983:
 - rollback moves the canary's share back to stable in the same action, whatever the canary's
   state: stable's capacity never shrank.
 
-Every verdict given is recorded in ``state.history`` (the last ``HISTORY_LIMIT``) with the time,
-the step and the weight; the verdict's findings hold the values, bounds and statistics.
+The state is plain data (policies/codec.py writes it as JSON), so a Rollout's status can hold
+it and a restarted controller resumes the rollout where it was.
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ import enum
 from dataclasses import dataclass
 
 from policies import judges, rollout
-
-HISTORY_LIMIT = 100
-"""Verdicts kept in the state: at the default 5 s interval, the last eight minutes."""
 
 
 class Phase(enum.StrEnum):
@@ -68,15 +65,6 @@ class Phase(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED)
-
-
-class Command(enum.StrEnum):
-    """What a person can ask of a rollout (a field or annotation on the Rollout resource)."""
-
-    PROMOTE = "promote"
-    ABORT = "abort"
-    PAUSE = "pause"
-    RESUME = "resume"
 
 
 @dataclass(frozen=True)
@@ -95,21 +83,12 @@ class RolloutInputs:
     """Ready replicas the canary needs to carry ``next_canary_weight(state, policy)``."""
     stable_ready: int = 0
     """Stable's ready replicas; the first call's count is held as stable's floor."""
-    command: Command | None = None
+    command: rollout.Command | None = None
 
     def __post_init__(self) -> None:
         if min(self.canary_requests, self.canary_ready, self.canary_needed,
                self.stable_ready) < 0:
             raise ValueError(f"negative observation in {self}")
-
-
-@dataclass(frozen=True)
-class VerdictRecord:
-    at: float
-    step: int
-    canary_weight: int
-    verdict: judges.Verdict | None
-    """None: the metric source did not answer."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +117,6 @@ class RolloutState:
     paused_at: float | None = None
     reason: str = ""
     """Why the rollout is in its phase, or why it waits."""
-    history: tuple[VerdictRecord, ...] = ()
 
 
 class ActionKind(enum.StrEnum):
@@ -192,13 +170,13 @@ def advance(
     state = _observed(state, inputs)
 
     match inputs.command:
-        case Command.ABORT:
+        case rollout.Command.ABORT:
             return _ended(state, Phase.ROLLED_BACK, "aborted by a person", policy)
-        case Command.PAUSE if state.phase is not Phase.PAUSED or state.source_paused:
+        case rollout.Command.PAUSE if state.phase is not Phase.PAUSED or state.source_paused:
             state = _paused(state, inputs.now, "paused by a person")
-        case Command.RESUME if state.phase is Phase.PAUSED:
+        case rollout.Command.RESUME if state.phase is Phase.PAUSED:
             state = _resumed(state, inputs.now)
-        case Command.PROMOTE:
+        case rollout.Command.PROMOTE:
             if state.phase is Phase.PAUSED:
                 state = _resumed(state, inputs.now)
             state = dataclasses.replace(state, promoting=True, reason="promotion asked for")
@@ -253,15 +231,11 @@ def advance(
 
 
 def _observed(state: RolloutState, inputs: RolloutInputs) -> RolloutState:
-    """Record the verdict and count the step's requests and the metric source's failures."""
-    history = state.history
-    if inputs.verdict is not None or state.phase is Phase.PROGRESSING:
-        record = VerdictRecord(inputs.now, state.step, state.canary_weight, inputs.verdict)
-        history = (*history, record)[-HISTORY_LIMIT:]
+    """Count the step's requests and the metric source's failures."""
     if state.phase is not Phase.PROGRESSING:
-        return dataclasses.replace(state, history=history)
+        return state
     return dataclasses.replace(
-        state, history=history, step_requests=state.step_requests + inputs.canary_requests,
+        state, step_requests=state.step_requests + inputs.canary_requests,
         source_failures=state.source_failures + 1 if inputs.verdict is None else 0)
 
 

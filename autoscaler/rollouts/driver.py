@@ -1,7 +1,9 @@
 """The rollout driver: runs one RolloutPolicy per service inside the controller process.
 
-The judging (policies/judges.py) and the state machine (policies/rollouts.py) are pure; this is
-the shell around them. Every ``analysis.interval_s``, and at once when a person sends a command:
+The judging (policies/judges.py) and the state machine (policies/progression.py) are pure; this
+is the shell around them, and it steers revisions only through the control core's public calls
+(weights, floors, parking, stickiness), so it runs unchanged over any driver. Every
+``analysis.interval_s``, and at once when a person sends a command:
 
 1. observe: the routers' exact cumulative counters (requests, 5xx, latency histogram) per
    revision; the window is the difference from the previous interval's. Custom metrics are
@@ -24,8 +26,11 @@ value; any other outcome with a source missing is no verdict. A person's promote
 100 % at once.
 
 Every verdict, a missing one included with the reason, is kept (the last
-``rollouts.HISTORY_LIMIT``) for the status API, with the findings' values, bounds and
-statistics. Phase and step changes are logged, one line each.
+``rollout.HISTORY_LIMIT``) for the status API, with the findings' values, bounds and
+statistics. Phase and step changes are logged, one line each. What the rollout must not forget
+(the state machine's state, the judge's evidence, the counter windows) is its ``Memory``, saved
+to the core's state store after every interval; ``Rollouts.start(..., resume=True)`` carries on
+from it after a restart.
 """
 
 from __future__ import annotations
@@ -33,17 +38,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pydantic
-
-from autoscaler import config, controller, prometheus, replicas, routers
-from policies import judges, rollout, rollouts, scaling
+from autoscaler.control import core, ports
+from policies import judges, progression, rollout, scaling, validation
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +56,12 @@ COMMANDS_LIMIT = 8
 """Commands waiting for the driver at once; more is a person or script hammering the API."""
 COMMAND_WAIT_S = 15.0
 """How long an API call waits for its command to be applied before answering 202."""
-EPSILON = 1e-9
-"""Slack for ceil: 2.0000000001 replicas' worth of load needs 2, not 3."""
 
 
 class RolloutError(Exception):
     """A request the rollouts refuse; nothing was changed. ``problems`` name field and reason."""
 
-    def __init__(self, status: int, message: str, problems: list[dict[str, str]]) -> None:
+    def __init__(self, status: int, message: str, problems: list[validation.Problem]) -> None:
         super().__init__(message)
         self.status = status
         self.problems = problems
@@ -73,7 +74,7 @@ class RolloutError(Exception):
 # -- pure helpers --------------------------------------------------------------------------------
 
 
-def arm_window(window: routers.Counters | None) -> judges.ArmWindow:
+def arm_window(window: ports.Counters | None) -> judges.ArmWindow:
     """One revision's counters over a window as the judges read them."""
     if window is None or window.requests == 0:
         return judges.ArmWindow(0, 0)
@@ -81,15 +82,36 @@ def arm_window(window: routers.Counters | None) -> judges.ArmWindow:
         window.latency_bounds_s, window.latency_buckets))
 
 
-def counters_since(now: Mapping[routers.Key, routers.Counters],
-                   before: Mapping[routers.Key, routers.Counters],
-                   key: routers.Key) -> routers.Counters | None:
-    """What `key` served between two snapshots; all of it if it was not in the earlier one."""
-    current = now.get(key)
-    if current is None:
+def since(now: ports.Counters | None, before: ports.Counters | None) -> ports.Counters | None:
+    """What a revision served between two snapshots; all of it if it was not in the earlier
+    one, None if it is not in the later one."""
+    if now is None:
         return None
-    earlier = before.get(key)
-    return current if earlier is None else current - earlier
+    return now if before is None else now - before
+
+
+@dataclass(frozen=True)
+class Arms:
+    """The canary's and stable's cumulative counters at one moment."""
+
+    canary: ports.Counters | None = None
+    stable: ports.Counters | None = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a rollout must not forget when its controller restarts: kept in the state store
+    (a Rollout's status on Kubernetes) after every interval, and resumed from."""
+
+    state: progression.RolloutState = dataclasses.field(default_factory=progression.RolloutState)
+    judged: judges.SequentialState = dataclasses.field(default_factory=judges.SequentialState)
+    """The sequential judge's running statistics: a resumed rollout keeps its evidence."""
+    last: Arms | None = None
+    """The counters the next window starts from."""
+    step_base: Arms = dataclasses.field(default_factory=Arms)
+    """The counters at the start of the current step (the fixed-horizon judges' window)."""
+    started_at: float | None = None
+    """When the first interval ran, on the controller's clock."""
 
 
 def canary_needed(weight: int, service_demand: float, policy: scaling.ScalingPolicy) -> int:
@@ -101,8 +123,7 @@ def canary_needed(weight: int, service_demand: float, policy: scaling.ScalingPol
     if policy.metric_kind is scaling.MetricKind.CUSTOM:
         needed = 1  # its signal is not the routers' load: its own decider will size it
     else:
-        per_replica = max(0.01, policy.target_per_replica * policy.target_utilization)
-        needed = max(1, math.ceil(service_demand * weight / 100 / per_replica - EPSILON))
+        needed = max(1, scaling.replicas_for(service_demand * weight / 100, policy))
     ceiling = policy.replica_ceiling
     return needed if ceiling is None else min(needed, ceiling)
 
@@ -119,19 +140,11 @@ def finding_json(finding: judges.Finding) -> dict[str, Any]:
 
 
 def parse_policy(data: Any) -> rollout.RolloutPolicy:
-    """A RolloutPolicy from a JSON/YAML document: the policy itself or a Rollout resource
-    (its ``spec``). Raises RolloutError(400) naming each field and its problem."""
-    if isinstance(data, Mapping) and data.get("kind") == "Rollout":
-        data = data.get("spec")
-    if not isinstance(data, Mapping):
-        raise RolloutError.field(400, "(document)", "expected a mapping: a RolloutPolicy or a "
-                                 "Rollout resource with a spec")
+    """``rollout.parse_document``, refused as a RolloutError(400) naming each field."""
     try:
-        return rollout.load_rollout(data)
-    except pydantic.ValidationError as error:
-        problems = [{"field": ".".join(str(p) for p in e["loc"]) or "(document)",
-                     "reason": e["msg"]} for e in error.errors()]
-        raise RolloutError(400, "invalid rollout", problems) from None
+        return rollout.parse_document(data)
+    except validation.Invalid as error:
+        raise RolloutError(400, "invalid rollout", error.problems) from None
 
 
 # -- one rollout ---------------------------------------------------------------------------------
@@ -152,44 +165,47 @@ class Observation:
 class RolloutDriver:
     """One rollout: its policy, its state, its interval loop and what it recorded."""
 
-    def __init__(self, policy: rollout.RolloutPolicy, control: controller.Controller,
-                 router_client: routers.RouterClient,
-                 metrics: prometheus.PrometheusSource | None,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, policy: rollout.RolloutPolicy, control: core.Core,
+                 counters: ports.CounterSource, metrics: ports.MetricSource | None,
+                 memory: Memory | None = None, wall: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.control = control
-        self.routers = router_client
+        self.counters = counters
         self.metrics = metrics
         self.clock = control.clock
         self.wall = wall
-        self.state = rollouts.RolloutState()
-        self.action: rollouts.RolloutAction | None = None
+        self.memory = memory or Memory()
+        self.action: progression.RolloutAction | None = None
         self.created_at = wall()
         self.verdicts: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=rollouts.HISTORY_LIMIT)
+            maxlen=rollout.HISTORY_LIMIT)
         self.transitions: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=TRANSITIONS_LIMIT)
         self.first_interval = asyncio.Event()
         """Set once the first interval is applied: the API answers a start with its result."""
-        self._judged = judges.SequentialState()
-        self._last: dict[routers.Key, routers.Counters] | None = None
-        self._step_base: dict[routers.Key, routers.Counters] = {}
         self._commands: collections.deque[
-            tuple[rollouts.Command, asyncio.Future[None]]] = collections.deque()
+            tuple[rollout.Command, asyncio.Future[None]]] = collections.deque()
         self._wake = asyncio.Event()
-        self._started_clock: float | None = None
+
+    @property
+    def state(self) -> progression.RolloutState:
+        return self.memory.state
 
     @property
     def service(self) -> str:
         return self.policy.service
 
     @property
-    def _canary(self) -> routers.Key:
+    def _canary(self) -> ports.Key:
         return (self.policy.service, self.policy.canary_revision)
 
     @property
-    def _stable(self) -> routers.Key:
+    def _stable(self) -> ports.Key:
         return (self.policy.service, self.policy.stable_revision)
+
+    def _remember(self, **changes: Any) -> None:
+        self.memory = dataclasses.replace(self.memory, **changes)
+        self.control.store.save(ports.StateKey.rollout(self.service), self.memory)
 
     # the loop
 
@@ -202,6 +218,9 @@ class RolloutDriver:
                 command, done = self._commands.popleft() if self._commands else (None, None)
                 try:
                     await self.interval(command)
+                    if command is not None:  # answer once the routers serve its weights
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.control.published(), COMMAND_WAIT_S)
                 except Exception as error:  # a bug must not stop the loop
                     logger.exception("rollout %s: interval failed", self.service)
                     if done is not None and not done.done():
@@ -227,17 +246,18 @@ class RolloutDriver:
         its stable window: its decider's count was sized for its old share and catches up only
         over that window. A new rollout of the service cancels this first."""
         survivor = self._survivor()
-        row = self.control.revisions[(self.policy.service, survivor)]
-        await asyncio.sleep(row.spec.scaling.stable_window_s)
-        self.control.hold(self.policy.service, survivor, floor=0)
+        key = (self.policy.service, survivor)
+        await asyncio.sleep(self.control.policy(key).stable_window_s)
+        if self.control.has(key):
+            self.control.hold(self.policy.service, survivor, floor=0)
 
     def _survivor(self) -> str:
         """The revision that has all the traffic once the rollout has ended."""
-        if self.state.phase is rollouts.Phase.PROMOTED:
+        if self.state.phase is progression.Phase.PROMOTED:
             return self.policy.canary_revision
         return self.policy.stable_revision
 
-    async def command(self, command: rollouts.Command) -> bool:
+    async def command(self, command: rollout.Command) -> bool:
         """Hand a person's command to the next interval, which runs at once; True once it has
         been applied, False if it is still queued after COMMAND_WAIT_S."""
         if self.state.phase.terminal:
@@ -260,11 +280,11 @@ class RolloutDriver:
                                      "failed (see the controller's log); try again")
         return True
 
-    async def interval(self, command: rollouts.Command | None = None) -> None:
+    async def interval(self, command: rollout.Command | None = None) -> None:
         """Observe, judge, advance, apply: one analysis interval."""
         now = self.clock()
-        if self._started_clock is None:
-            self._started_clock = now
+        if self.memory.started_at is None:
+            self._remember(started_at=now)
         before = self.state
         try:
             observation = await self.observe(before)
@@ -272,52 +292,55 @@ class RolloutDriver:
             logger.exception("rollout %s: observing failed", self.service)
             observation = Observation(None, None, 0, (f"observing failed: {error!r}"[:500],))
         self._record_verdict(now, before, observation)
-        inputs = rollouts.RolloutInputs(
+        inputs = progression.RolloutInputs(
             now=now, verdict=observation.verdict, canary_requests=observation.canary_requests,
-            canary_ready=self._ready(self._canary), stable_ready=self._ready(self._stable),
+            canary_ready=self.control.ready(self._canary),
+            stable_ready=self.control.ready(self._stable),
             canary_needed=self._canary_needed(
-                rollout.FULL_WEIGHT if command is rollouts.Command.PROMOTE
-                else rollouts.next_canary_weight(before, self.policy)),
+                rollout.FULL_WEIGHT if command is rollout.Command.PROMOTE
+                else progression.next_canary_weight(before, self.policy)),
             command=command)
-        self.action, self.state = rollouts.advance(inputs, before, self.policy)
+        self.action, state = progression.advance(inputs, before, self.policy)
+        moved = before.started_at is None or (state.phase, state.step, state.canary_weight) != (
+            before.phase, before.step, before.canary_weight)
+        self._remember(state=state, **({"step_base": self.memory.last or Arms()} if moved else {}))
         self.apply(self.action)
-        if before.started_at is None or (
-                self.state.phase, self.state.step, self.state.canary_weight) != (
-                before.phase, before.step, before.canary_weight):
-            self._step_base = dict(self._last or {})
+        if moved:
             self._record_transition(now)
 
     # observing and judging
 
-    async def observe(self, state: rollouts.RolloutState) -> Observation:
+    async def observe(self, state: progression.RolloutState) -> Observation:
         problems: list[str] = []
         try:
-            counters: dict[routers.Key, routers.Counters] | None = await self.routers.counters()
+            counters = await self.counters.counters()
         except Exception as error:  # any router not answering: no verdict; the window waits
-            counters = None
+            now = None
             problems.append(f"routers did not answer: {error!r}"[:500])
-        previous = self._last
-        if counters is not None:
-            self._last = counters
+        else:
+            now = Arms(counters.get(self._canary), counters.get(self._stable))
+        previous = self.memory.last
+        if now is not None:
+            self._remember(last=now)
         if state.phase.terminal or state.canary_weight == 0:
             return Observation(None, None, 0, ())  # nothing to judge: the canary has no traffic
-        if counters is None or previous is None:
+        if now is None or previous is None:
             problems.append("no earlier counters to take a window from")
             return Observation(None, None, 0, tuple(problems))
-        canary_delta = counters_since(counters, previous, self._canary)
+        canary_delta = since(now.canary, previous.canary)
         canary_requests = canary_delta.requests if canary_delta is not None else 0
         custom, missing = await self._custom_metrics()
         problems += missing
-        deciding = max(1, rollouts.next_canary_weight(state, self.policy))
+        deciding = max(1, progression.next_canary_weight(state, self.policy))
         if self.policy.analysis.judge is rollout.Judge.SEQUENTIAL:
             window = judges.Window(arm_window(canary_delta), arm_window(
-                counters_since(counters, previous, self._stable)), custom, deciding)
-            judged, self._judged = judges.sequential(window, self._judged, self.policy)
+                since(now.stable, previous.stable)), custom, deciding)
+            judged, sequential = judges.sequential(window, self.memory.judged, self.policy)
+            self._remember(judged=sequential)
         else:
-            window = judges.Window(
-                arm_window(counters_since(counters, self._step_base, self._canary)),
-                arm_window(counters_since(counters, self._step_base, self._stable)),
-                custom, deciding)
+            base = self.memory.step_base
+            window = judges.Window(arm_window(since(now.canary, base.canary)),
+                                   arm_window(since(now.stable, base.stable)), custom, deciding)
             judge = (judges.thresholds if self.policy.analysis.judge is rollout.Judge.THRESHOLDS
                      else judges.compare)
             judged = judge(window, self.policy)
@@ -339,38 +362,32 @@ class RolloutDriver:
                     for m, r in zip(metrics, readings, strict=True) if r.value is None]
         return values, problems
 
-    def _ready(self, key: routers.Key) -> int:
-        return self.control.revisions[key].replicas.count(replicas.State.READY)
-
     def _canary_needed(self, weight: int) -> int:
-        canary = self.control.revisions[self._canary]
-        kind = canary.spec.scaling.metric_kind
-        demand = sum(
-            row.load.rps_6s if kind is scaling.MetricKind.RPS else row.load.concurrency
-            for (service, _), row in self.control.revisions.items() if service == self.service)
-        return canary_needed(weight, demand, canary.spec.scaling)
+        policy = self.control.policy(self._canary)
+        demand = self.control.service_demand(self.service, policy.metric_kind)
+        return canary_needed(weight, demand, policy)
 
     # acting
 
-    def apply(self, action: rollouts.RolloutAction) -> None:
+    def apply(self, action: progression.RolloutAction) -> None:
         """Make the action true in the controller: weights (one table), floors, parking."""
         policy, control = self.policy, self.control
         control.set_weights(policy.service, {policy.stable_revision: action.stable_weight,
                                              policy.canary_revision: action.canary_weight})
-        if action.kind is not rollouts.ActionKind.DONE:
+        if action.kind is not progression.ActionKind.DONE:
             control.hold(policy.service, policy.canary_revision, floor=action.canary_replicas)
             control.hold(policy.service, policy.stable_revision, floor=action.stable_replicas)
             if policy.stickiness is not None:
-                control.sticky[policy.service] = policy.stickiness
+                control.set_sticky(policy.service, policy.stickiness)
             return
-        control.sticky.pop(policy.service, None)
+        control.set_sticky(policy.service, None)
         # The revision left with all the traffic keeps the replicas it had for the rollout
         # (stable's floor after a rollback, what 100 % needs after a promotion) until _settle:
         # dropping the floor with the weight change would retire ready replicas as it moves.
         survivor = self._survivor()
         settled = (self._canary_needed(rollout.FULL_WEIGHT)
                    if survivor == policy.canary_revision else self.state.stable_floor)
-        floors = {survivor: max(settled, control.revisions[(policy.service, survivor)].floor)}
+        floors = {survivor: max(settled, control.floor((policy.service, survivor)))}
         why = f"{self.state.phase} by the rollout to {policy.canary_revision}"
         control.hold(policy.service, policy.canary_revision,
                      floor=floors.get(policy.canary_revision, 0),
@@ -382,9 +399,10 @@ class RolloutDriver:
     # recording
 
     def _elapsed(self, now: float) -> float:
-        return round(now - (self._started_clock if self._started_clock is not None else now), 3)
+        started = self.memory.started_at
+        return round(now - (started if started is not None else now), 3)
 
-    def _record_verdict(self, now: float, state: rollouts.RolloutState,
+    def _record_verdict(self, now: float, state: progression.RolloutState,
                         observation: Observation) -> None:
         if observation.judged is None and not observation.problems:
             return  # nothing judged, nothing missing: the canary had no traffic to judge
@@ -417,7 +435,7 @@ class RolloutDriver:
         return {
             "service": policy.service, "stable_revision": policy.stable_revision,
             "canary_revision": policy.canary_revision, "phase": str(state.phase),
-            "step": state.step + 1 if state.phase is not rollouts.Phase.PENDING else 0,
+            "step": state.step + 1 if state.phase is not progression.Phase.PENDING else 0,
             "steps": len(policy.steps), "canary_weight": state.canary_weight,
             "stable_weight": rollout.FULL_WEIGHT - state.canary_weight,
             "action": str(action.kind) if action else None,
@@ -435,15 +453,16 @@ class RolloutDriver:
 
 
 class Rollouts:
-    """The rollouts of the stack's services: at most one running per service."""
+    """The rollouts of the core's services: at most one running per service."""
 
-    def __init__(self, control: controller.Controller, router_client: routers.RouterClient,
-                 controller_spec: config.ControllerSpec) -> None:
+    def __init__(self, control: core.Core, counters: ports.CounterSource,
+                 metrics: ports.MetricSource | None = None,
+                 metrics_missing: str = "no metric source is configured") -> None:
         self.control = control
-        self.routers = router_client
-        self.metrics = (prometheus.PrometheusSource(controller_spec.prometheus_url,
-                                                    controller_spec.prometheus_timeout_s)
-                        if controller_spec.prometheus_url else None)
+        self.counters = counters
+        self.metrics = metrics
+        self.metrics_missing = metrics_missing
+        """Why a rollout with custom metrics is refused when there is no metric source."""
         self.drivers: dict[str, RolloutDriver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -455,11 +474,18 @@ class Rollouts:
             raise RolloutError.field(404, "service", f"no rollout for service {service!r}")
         return driver
 
-    async def start(self, data: Any) -> RolloutDriver:
-        """Check a policy against the stack and start it; RolloutError changes nothing."""
+    async def start(self, data: Any, resume: bool = False) -> RolloutDriver:
+        """Check a policy against the core and start it; RolloutError changes nothing. With
+        ``resume``, a rollout of the service whose memory the state store holds carries on
+        from it (its step, weights and evidence) instead of starting over."""
         policy = parse_policy(data)
-        self._check(policy)
-        driver = RolloutDriver(policy, self.control, self.routers, self.metrics)
+        memory = None
+        if resume:
+            memory = self.control.store.load(ports.StateKey.rollout(policy.service), Memory)
+        if memory is None or memory.state.phase.terminal:
+            self._check(policy)
+            memory = None
+        driver = RolloutDriver(policy, self.control, self.counters, self.metrics, memory)
         self.drivers[policy.service] = driver  # no await since _check: no race with another
         settling = self._running.pop(policy.service, None)
         if settling is not None:  # an ended rollout holding a floor: the new one takes over
@@ -475,32 +501,30 @@ class Rollouts:
         return driver
 
     def _check(self, policy: rollout.RolloutPolicy) -> None:
-        services = self.control.stack.services
-        if policy.service not in services:
-            raise RolloutError.field(400, "service", f"no service {policy.service!r} in the "
-                                     f"stack (services: {', '.join(sorted(services))})")
-        names = [r.name for r in services[policy.service].revisions]
+        names = self.control.revisions_of(policy.service)
+        if not names:
+            raise RolloutError.field(400, "service", f"no service {policy.service!r} (services:"
+                                     f" {', '.join(self.control.services())})")
         for field, name in (("stableRevision", policy.stable_revision),
                             ("canaryRevision", policy.canary_revision)):
             if name not in names:
                 raise RolloutError.field(400, field, f"no revision {name!r} in service "
                                          f"{policy.service!r} (revisions: {', '.join(names)})")
         if policy.slo.custom and self.metrics is None:
-            raise RolloutError.field(400, "slo.custom", "custom metrics need a Prometheus: set "
-                                     "controller.prometheus_url in the stack file")
+            raise RolloutError.field(400, "slo.custom", self.metrics_missing)
         running = self.drivers.get(policy.service)
         if running is not None and not running.state.phase.terminal:
             raise RolloutError.field(409, "service", f"a rollout of {policy.service!r} to "
                                      f"{running.policy.canary_revision} is {running.state.phase};"
                                      " promote or abort it first")
-        rows = {name: self.control.revisions[(policy.service, name)] for name in names}
-        others = [f"{name} ({row.weight})" for name, row in rows.items()
-                  if row.weight and name not in (policy.stable_revision, policy.canary_revision)]
+        weights = {name: self.control.weight((policy.service, name)) for name in names}
+        others = [f"{name} ({weight})" for name, weight in weights.items()
+                  if weight and name not in (policy.stable_revision, policy.canary_revision)]
         if others:
             raise RolloutError.field(409, "service", "the service's traffic must be on "
                                      "stableRevision and canaryRevision only; also weighted: "
                                      + ", ".join(others))
-        if rows[policy.stable_revision].weight == 0:
+        if weights[policy.stable_revision] == 0:
             raise RolloutError.field(409, "stableRevision", f"{policy.stable_revision} has "
                                      "weight 0: the stable revision must be the one serving")
 

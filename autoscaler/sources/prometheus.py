@@ -11,23 +11,18 @@ from __future__ import annotations
 import asyncio
 import math
 import urllib.parse
-from dataclasses import dataclass
 
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-
-@dataclass(frozen=True)
-class Reading:
-    value: float | None
-    """The query's single value, or None when there is no usable value."""
-    problem: str | None = None
-    """Why there is no value: unreachable, an error from Prometheus, no data."""
+from autoscaler.control import ports
 
 
 class PrometheusSource:
+    """The MetricSource of control/ports.py, on a Prometheus server."""
+
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self.url = _without_credentials(url)
         """For messages, which are served to anyone who can read the controller's status."""
@@ -35,17 +30,17 @@ class PrometheusSource:
         self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s,
                                          retry=Retry(total=0))
 
-    async def query(self, expr: str) -> Reading:
+    async def query(self, expr: str) -> ports.Reading:
         """An instant query that must yield one number (aggregate it, e.g. with sum())."""
         try:
             result = await asyncio.to_thread(self._client.custom_query, expr)
         except (PrometheusApiClientException, requests.RequestException, ValueError) as error:
-            return Reading(None, f"Prometheus at {self.url} did not answer {expr!r}: {error}")
+            return ports.Reading(None, f"Prometheus at {self.url} did not answer {expr!r}: {error}")
         if isinstance(result, list):
             if not result:
-                return Reading(None, f"no data for {expr!r}")
+                return ports.Reading(None, f"no data for {expr!r}")
             if len(result) > 1:
-                return Reading(None, f"{expr!r} returned {len(result)} series; aggregate it "
+                return ports.Reading(None, f"{expr!r} returned {len(result)} series; aggregate it "
                                      "to one (e.g. sum(...))")
             sample = result[0].get("value")
         else:  # a scalar result: [time, "value"]
@@ -53,10 +48,10 @@ class PrometheusSource:
         try:
             value = float(sample[1])
         except (TypeError, ValueError, IndexError):
-            return Reading(None, f"unexpected answer to {expr!r}: {result!r}")
+            return ports.Reading(None, f"unexpected answer to {expr!r}: {result!r}")
         if math.isnan(value):
-            return Reading(None, f"{expr!r} is NaN (no traffic in its window?)")
-        return Reading(value)
+            return ports.Reading(None, f"{expr!r} is NaN (no traffic in its window?)")
+        return ports.Reading(value)
 
 
 def _without_credentials(url: str) -> str:

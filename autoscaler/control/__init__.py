@@ -1,0 +1,1 @@
+"""The control core and the interfaces (ports) its drivers implement."""

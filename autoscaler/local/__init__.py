@@ -1,0 +1,1 @@
+"""The local driver: `sluice up` runs router, core and replicas as processes on one machine."""

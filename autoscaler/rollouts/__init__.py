@@ -1,0 +1,1 @@
+"""Canary rollouts: the driver around the pure judges and state machine, its API and CLI."""

@@ -1,0 +1,1 @@
+"""The simulation driver: `sluice simulate` runs the core on a simulated clock and replicas."""

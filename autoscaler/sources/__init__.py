@@ -1,0 +1,1 @@
+"""Where the controller reads load and metrics: the routers and Prometheus."""

@@ -1,0 +1,151 @@
+"""Talking to the routers: read their stats, publish route tables, follow their pokes.
+
+The only place the controller does HTTP to routers, over one ClientSession with a timeout on
+every call. Several routers (a router's replicas on Kubernetes) are added up per revision. It
+is the LoadSource, RoutePublisher and CounterSource of control/ports.py; the documents it reads
+are parsed with the wire models (policies/wire.py) the routers write them with.
+
+The set of routers may change while it runs (router pods come and go): ``set_routers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+import pydantic
+
+from autoscaler.control import ports
+from policies import routing, wire
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_S = 0.5
+"""Pause before following a router's events again after the stream broke."""
+
+
+class RouterClient:
+    TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
+    EVENTS_TIMEOUT = aiohttp.ClientTimeout(connect=2, sock_read=60)
+    """The events stream sends a heartbeat every 15 s; a minute of silence is a dead router."""
+
+    def __init__(self, admin_urls: list[str], token: str, session: aiohttp.ClientSession) -> None:
+        self.admin_urls = list(admin_urls)
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._session = session
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._on_poke: ports.PokeHandler | None = None
+
+    def set_routers(self, admin_urls: list[str]) -> None:
+        """Routers now at these admin URLs; follow the new ones' pokes, drop the gone ones'."""
+        self.admin_urls = list(admin_urls)
+        if self._on_poke is not None:
+            self._follow_all(self._on_poke)
+
+    async def load(self) -> dict[ports.Key, ports.RevisionLoad]:
+        """Every router's /stats, added up per revision; routers that fail are skipped."""
+        answers = await asyncio.gather(*(self._stats(url, raw=False) for url in self.admin_urls),
+                                       return_exceptions=True)
+        rows: dict[ports.Key, list[wire.RevisionStats]] = {}
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                continue
+            for row in answer.revisions:
+                rows.setdefault((row.service, row.revision), []).append(row)
+        return {key: _summed(parts) for key, parts in rows.items()}
+
+    async def counters(self) -> dict[ports.Key, ports.Counters]:
+        """Cumulative per-revision counters from every router, added up (for window deltas);
+        raises if any router does not answer."""
+        answers = await asyncio.gather(*(self._stats(url, raw=True) for url in self.admin_urls))
+        totals: dict[ports.Key, ports.Counters] = {}
+        for answer in answers:
+            bounds = tuple(answer.latency_bounds_s or ())
+            for row in answer.revisions:
+                raw = row.raw
+                if raw is None:
+                    raise ValueError("a router sent stats without the raw counters asked for")
+                counters = ports.Counters(
+                    requests=sum(raw.by_class), errors=raw.by_class[5],
+                    latency_buckets=tuple(raw.latency_buckets), latency_bounds_s=bounds)
+                key = (row.service, row.revision)
+                totals[key] = totals[key] + counters if key in totals else counters
+        return totals
+
+    async def publish(self, table: routing.RouteTable) -> None:
+        """PUT the route table to every router at once; raises if any refuses it."""
+        body = table.model_dump_json()
+        await asyncio.gather(*(self._put(url, body) for url in self.admin_urls))
+
+    async def publish_to(self, url: str, table: routing.RouteTable) -> None:
+        """PUT the route table to one router (one that has just become ready)."""
+        await self._put(url, table.model_dump_json())
+
+    async def _put(self, url: str, body: str) -> None:
+        async with self._session.put(url + "/routes", data=body, timeout=self.TIMEOUT,
+                                     headers={**self._auth,
+                                              "Content-Type": "application/json"}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"router {url} refused the route table: "
+                                   f"{response.status} {(await response.text())[:500]}")
+
+    async def pokes(self, on_poke: ports.PokeHandler) -> None:
+        """Call on_poke for every poke event from any router; reconnects; runs until
+        cancelled, following routers as ``set_routers`` adds and removes them."""
+        self._on_poke = on_poke
+        self._follow_all(on_poke)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for task in self._followers.values():
+                task.cancel()
+            await asyncio.gather(*self._followers.values(), return_exceptions=True)
+            self._followers.clear()
+            self._on_poke = None
+
+    def _follow_all(self, on_poke: ports.PokeHandler) -> None:
+        for url in set(self._followers) - set(self.admin_urls):
+            self._followers.pop(url).cancel()
+        for url in self.admin_urls:
+            if url not in self._followers:
+                self._followers[url] = asyncio.create_task(self._follow(url, on_poke))
+
+    async def _follow(self, url: str, on_poke: ports.PokeHandler) -> None:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._session.get(url + "/events",
+                                             timeout=self.EVENTS_TIMEOUT) as response:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        try:
+                            poke = wire.Poke.model_validate_json(line)
+                        except pydantic.ValidationError:
+                            logger.warning("router %s sent an event that is not a poke: %.200r",
+                                           url, line)
+                            continue
+                        on_poke(poke)
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _stats(self, url: str, *, raw: bool) -> wire.Stats:
+        async with self._session.get(url + ("/stats?raw=1" if raw else "/stats"),
+                                     timeout=self.TIMEOUT) as response:
+            response.raise_for_status()
+            return wire.Stats.model_validate_json(await response.read())
+
+
+def _summed(rows: list[wire.RevisionStats]) -> ports.RevisionLoad:
+    p99s = [r.latency_ms.p99 for r in rows if r.latency_ms.p99 is not None]
+    return ports.RevisionLoad(
+        rps=sum(r.rps.get("1s", 0.0) for r in rows),
+        rps_6s=sum(r.rps.get("6s", 0.0) for r in rows),
+        concurrency=sum(r.inflight_avg.get("1s", 0.0) for r in rows),
+        inflight=sum(r.inflight for r in rows),
+        buffered=sum(r.buffered for r in rows),
+        p99_ms=max(p99s) if p99s else None,
+        requests=sum(r.requests.get("total", 0) for r in rows),
+        errors=sum(r.requests.get("5xx", 0) for r in rows),
+    )
+
