@@ -28,7 +28,6 @@ Built-in kinds come back as models (``Kind.model``); custom resources as plain d
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -116,6 +115,10 @@ class Gone(ApiError):
     """410: the resourceVersion a watch or list continued from is no longer available."""
 
 
+class _ContinueExpired(Gone):
+    """410 on a list's continue token, not on the list itself."""
+
+
 class Unavailable(KubeError):
     """No usable answer: refused, reset, timed out, throttled (429) or a 5xx."""
 
@@ -175,6 +178,8 @@ class KubeApi(Protocol):
     async def create_lease(self, namespace: str, lease: k8s.V1Lease) -> k8s.V1Lease: ...
 
     async def update_lease(self, namespace: str, lease: k8s.V1Lease) -> k8s.V1Lease: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -245,22 +250,26 @@ class Client:
         mid-way (410) restarts the list once from the first page.
         """
         query = _selectors(label_selector, field_selector) | {"limit": str(page_size)}
-        for attempt in range(2):
-            items: list[Any] = []
-            token = ""
+        try:
+            return await self._list_pages(kind, kind.path(namespace), query)
+        except _ContinueExpired:
+            # The token outlived etcd's compaction (the apiserver's: every 5 min): once more.
+            return await self._list_pages(kind, kind.path(namespace), query)
+
+    async def _list_pages(self, kind: Kind, path: str, query: dict[str, str]) -> Listing:
+        items: list[Any] = []
+        token = ""
+        while True:
             try:
-                while True:
-                    page = await self._call(
-                        "GET", kind.path(namespace), query | ({"continue": token} if token else {})
-                    )
-                    items.extend(self._decode(kind, item) for item in page.get("items") or [])
-                    token = page["metadata"].get("continue") or ""
-                    if not token:
-                        return Listing(items, page["metadata"]["resourceVersion"])
-            except Gone:
-                if attempt or not token:
-                    raise
-        raise AssertionError("unreachable")
+                page = await self._call("GET", path, query | ({"continue": token} if token else {}))
+            except Gone as error:
+                if token:
+                    raise _ContinueExpired(error.status, error.reason, error.message) from error
+                raise
+            items.extend(self._decode(kind, item) for item in page.get("items") or [])
+            token = page["metadata"].get("continue") or ""
+            if not token:
+                return Listing(items, page["metadata"]["resourceVersion"])
 
     async def watch(self, kind: Kind, *, resource_version: str, namespace: str | None = None,
                     label_selector: str | None = None, field_selector: str | None = None,
@@ -531,8 +540,6 @@ def _to_json(value: Any) -> Any:
             for field in value.openapi_types
             if getattr(value, field) is not None
         }
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _to_json(dataclasses.asdict(value))
     return value
 
 

@@ -10,9 +10,10 @@ handlers. It runs until cancelled:
 - a watch answered 410 Gone (that version is older than the apiserver's watch cache or etcd's
   compaction) is followed by a fresh list, diffed against the cache: what vanished meanwhile
   is reported DELETED (with its last known state), what appeared ADDED, what changed MODIFIED;
-- any other failure (refused, reset, timed out, 5xx, 403) is retried after a bounded
-  exponential backoff with jitter; the cache and ``synced`` stay as they were meanwhile, so a
-  controller keeps its last view while the apiserver is away.
+- any other failure (refused, reset, timed out, 5xx, 403), a watch that ends or is Gone
+  before delivering anything, is retried after a bounded exponential back-off with jitter,
+  reset by the next event received; the cache and ``synced`` stay as they were meanwhile, so
+  a controller keeps its last view while the apiserver is away (``last_error`` says so).
 
 Handlers are plain callables run on the informer's task, in order; they must not block (put
 work on a queue). One that raises is logged and the others still run.
@@ -188,7 +189,6 @@ class Informer:
             self.relists += 1
         self._replace(listing.items)
         self.resource_version = listing.resource_version
-        self._backoff.reset()
         self.synced.set()
         return True
 
@@ -212,6 +212,10 @@ class Informer:
         except client.Gone as error:
             log.info("%s: resourceVersion %s expired, listing again: %s", self._describe(),
                      self.resource_version, error)
+            if not received:
+                # Gone at once: back off, so that an apiserver answering 410 to every watch
+                # (a watch cache still filling) is not listed in a tight loop.
+                await self._sleep(self._backoff.next_delay())
             return True
         if not received:
             # Ended at once with nothing, not even a bookmark: do not spin on it.
