@@ -11,6 +11,7 @@ Every test in this directory is marked ``k8s``, so ``-m "not k8s"`` skips the lo
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -31,6 +32,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+
+from tests.k8s import kserve, process_kubelet
 
 HERE = Path(__file__).parent
 BUILD_SCRIPT = HERE / "build-control-plane.sh"
@@ -94,6 +97,11 @@ class Cluster:
     log_dir: Path
     unprivileged_token: str
     """Bearer token of a user that exists but has no RBAC bindings at all."""
+    etcd_url: str
+    """etcd's client URL (plain HTTP on loopback): its v3 JSON gateway can bump the revision
+    or compact, which is how a test makes a watch's resourceVersion expire."""
+    apiserver: ApiserverControl = dataclasses.field(repr=False)
+    """Stops and restarts kube-apiserver, same port and certificates, for outage tests."""
 
     def api_client(self, token: str | None = None) -> client.ApiClient:
         """A client for the admin user of the kubeconfig, or for `token` if given.
@@ -189,6 +197,37 @@ def make_gpu_node(k8s_cluster: Cluster) -> Iterator[Callable[..., str]]:
                         )
 
 
+@pytest.fixture(scope="session")
+def process_kubelet_session(k8s_cluster: Cluster) -> Iterator[process_kubelet.ProcessKubelet]:
+    kubelet = process_kubelet.ProcessKubelet(
+        k8s_cluster.kubeconfig, k8s_cluster.log_dir / "process-kubelet"
+    )
+    kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+
+
+@pytest.fixture
+def kubelet(
+    process_kubelet_session: process_kubelet.ProcessKubelet,
+) -> Iterator[process_kubelet.ProcessKubelet]:
+    """The kubelet for process pods (process_kubelet.py), one per session; fails the test if
+    it reported a pod it could not run meanwhile."""
+    reported = len(process_kubelet_session.errors)
+    yield process_kubelet_session
+    problems = process_kubelet_session.errors[reported:]
+    assert not problems, f"the process kubelet reported: {problems}"
+
+
+@pytest.fixture(scope="session")
+def kserve_crd(k8s_cluster: Cluster) -> dict:
+    """KServe's real InferenceService CRD, installed once per session (server-side apply)."""
+    with k8s_cluster.api_client() as api:
+        return kserve.install_crd(api)
+
+
 def gpu_node_manifest(name: str, *, gpus: int, cpu: str, memory: str) -> dict:
     """A Node as kwok's examples declare one; kwok's node-initialize stage fills in the rest."""
     resources = {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(gpus)}
@@ -259,18 +298,26 @@ class _Processes:
         log_dir.mkdir()
         self.log_dir = log_dir
         self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        # PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process: a
+        # restart from asyncio.to_thread would die with that worker thread at the end of the
+        # test's event loop. Every fork happens on this one thread, alive until stop_all.
+        self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="k8s-spawn")
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with open(self.log_dir / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(
+        process = self._spawner.submit(self._spawn, name, argv).result()
+        self._started.append((name, process))
+        return process
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        # Appended: a restarted component keeps its earlier log.
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
-        self._started.append((name, process))
-        return process
 
     def check_alive(self) -> None:
         for name, process in self._started:
@@ -288,17 +335,61 @@ class _Processes:
             f"--- {name} ---\n{self.log_tail(name, lines=15)}" for name, _ in self._started
         )
 
+    def stop(self, name: str) -> None:
+        """Stops the named process (SIGTERM, then SIGKILL) and forgets it."""
+        for entry in [entry for entry in self._started if entry[0] == name]:
+            self._started.remove(entry)
+            _stop(entry[1])
+
     def stop_all(self) -> None:
         # One at a time, newest first: kube-apiserver's graceful shutdown hangs until SIGKILL
         # when etcd goes away under it.
         while self._started:
             _, process = self._started.pop()
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+        self._spawner.shutdown()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ApiserverControl:
+    """Stops and starts the fixture's kube-apiserver (the other components stay up and
+    reconnect, as they would on a real cluster)."""
+
+    def __init__(self, processes: _Processes, argv: list[str], server: str, ca_file: Path):
+        self._processes = processes
+        self._argv = argv
+        self._server = server
+        self._ca_file = ca_file
+
+    def stop(self) -> None:
+        self._processes.stop("kube-apiserver")
+
+    def start(self) -> None:
+        """Starts it again and returns once /readyz answers 200."""
+        self._processes.start("kube-apiserver", self._argv)
+        _wait_for_http_ok(
+            f"{self._server}/readyz",
+            self._processes,
+            what="kube-apiserver /readyz after a restart",
+            context=ssl.create_default_context(cafile=str(self._ca_file)),
+        )
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The apiserver is down inside the block and back (ready) after it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -383,29 +474,27 @@ def _start_cluster(bin_dir: Path, work_dir: Path, processes: _Processes) -> Clus
     )
     _wait_for_http_ok(f"{etcd_url}/health", processes, what="etcd /health")
 
-    processes.start(
-        "kube-apiserver",
-        [
-            str(bin_dir / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            # Without it the apiserver advertises the default-route interface, or fails to
-            # start on a machine that has none.
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={apiserver}",
-            f"--cert-dir={cert_dir}",  # self-generates apiserver.crt: leaf, then its CA
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            f"--service-account-issuer={server}",
-            f"--service-account-key-file={sa_pub}",
-            f"--service-account-signing-key-file={sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",  # allocated, never dialled
-            "--allow-privileged=true",
-            # The reconciler would write 127.0.0.1 into the `kubernetes` EndpointSlice, which
-            # validation rejects for loopback addresses.
-            "--endpoint-reconciler-type=none",
-        ],
-    )
+    apiserver_argv = [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        # Without it the apiserver advertises the default-route interface, or fails to
+        # start on a machine that has none.
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={apiserver}",
+        f"--cert-dir={cert_dir}",  # self-generates apiserver.crt: leaf, then its CA
+        f"--token-auth-file={tokens}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={server}",
+        f"--service-account-key-file={sa_pub}",
+        f"--service-account-signing-key-file={sa_key}",
+        "--service-cluster-ip-range=10.0.0.0/24",  # allocated, never dialled
+        "--allow-privileged=true",
+        # The reconciler would write 127.0.0.1 into the `kubernetes` EndpointSlice, which
+        # validation rejects for loopback addresses.
+        "--endpoint-reconciler-type=none",
+    ]
+    processes.start("kube-apiserver", apiserver_argv)
     _wait_until(
         lambda: _extract_serving_ca(cert_dir / "apiserver.crt", ca_file),
         timeout_s=STARTUP_TIMEOUT_S,
@@ -454,8 +543,9 @@ def _start_cluster(bin_dir: Path, work_dir: Path, processes: _Processes) -> Clus
         [
             str(bin_dir / "kwok"),
             f"--kubeconfig={kubeconfig}",
-            # kwok >= v0.8.0 has no built-in stages; the build script copies kwokctl's set.
-            f"--config={bin_dir.parent / 'kwok-stages.yaml'}",
+            # kwok >= v0.8.0 has no built-in stages; the build script copies kwokctl's set,
+            # to which process pods (process_kubelet.py) add theirs.
+            f"--config={_kwok_stages(bin_dir, work_dir)}",
             "--manage-all-nodes=true",
             f"--cidr={POD_CIDR}",
             "--node-ip=127.0.0.1",
@@ -483,6 +573,8 @@ def _start_cluster(bin_dir: Path, work_dir: Path, processes: _Processes) -> Clus
         ca_file=ca_file,
         log_dir=processes.log_dir,
         unprivileged_token=unprivileged_token,
+        etcd_url=etcd_url,
+        apiserver=ApiserverControl(processes, apiserver_argv, server, ca_file),
     )
     # KCM's serviceaccount controller creates it; pods cannot be admitted in `default` before.
     with cluster.api_client() as api:
@@ -496,6 +588,12 @@ def _start_cluster(bin_dir: Path, work_dir: Path, processes: _Processes) -> Clus
             processes=processes,
         )
     return cluster
+
+
+def _kwok_stages(bin_dir: Path, work_dir: Path) -> Path:
+    path = work_dir / "kwok-stages.yaml"
+    path.write_text(process_kubelet.kwok_stages((bin_dir.parent / "kwok-stages.yaml").read_text()))
+    return path
 
 
 def _wait_for_http_ok(
