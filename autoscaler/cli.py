@@ -16,6 +16,8 @@ SUBCOMMANDS = {
                "show each revision's replicas, load and conditions"),
     "rollout": ("autoscaler.rollouts.cli:main",
                 "start, watch, promote, abort, pause or resume a canary rollout"),
+    "controller": ("autoscaler.kube.controller:main",
+                   "run the controller on a Kubernetes cluster (kubeconfig or in-cluster)"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.sim.cli:main", "replay a traffic trace against a scaling policy"),
     "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -75,23 +76,57 @@ class _ResourceModel(BaseModel):
     )
 
 
-class ScaleTargetRef(_ResourceModel):
-    """The workload whose replicas the controller sets, through its /scale subresource."""
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
+EXTERNAL_AUTOSCALER = "external"
+"""The InferenceService annotation and value that make KServe leave a predictor's replicas to
+an external autoscaler (with "hpa" its HPA, with "none" its reconciler, would fight sluice)."""
 
-    api_version: Literal["apps/v1"] = Field(
-        "apps/v1", description="API version of the workload. Only apps/v1 so far."
+
+class ScaleTargetRef(_ResourceModel):
+    """The workload whose replicas the controller sets, through its Deployment's /scale."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule(
+                    "(self.kind == 'Deployment') == (self.apiVersion == 'apps/v1')",
+                    field="apiVersion",
+                    message="apps/v1 with kind Deployment, serving.kserve.io/v1beta1 with kind "
+                            "InferenceService",
+                ),
+            ]
+        }
     )
-    kind: Literal["Deployment"] = Field(
+
+    api_version: Literal["apps/v1", "serving.kserve.io/v1beta1"] = Field(
+        "apps/v1", description="API version of the workload: apps/v1 or serving.kserve.io/v1beta1."
+    )
+    kind: Literal["Deployment", "InferenceService"] = Field(
         "Deployment",
         description=(
-            "Kind of the workload. Only Deployment so far: the controller's RBAC grants "
-            "deployments/scale and nothing else."
+            "Kind of the workload: a Deployment, or a KServe InferenceService (Standard mode, "
+            "annotated serving.kserve.io/autoscalerClass: external), whose predictor "
+            "Deployment <name>-predictor is scaled. Either way replicas are set through the "
+            "Deployment's /scale only."
         ),
     )
     name: str = Field(
         pattern=DNS_SUBDOMAIN_PATTERN, min_length=1, max_length=253,
         description="Name of the workload, in the ScalingPolicy's namespace.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _api_version_fits_kind(self) -> Self:
+        if (self.kind == "Deployment") != (self.api_version == "apps/v1"):
+            raise ValueError("apiVersion: apps/v1 with kind Deployment, "
+                             f"{KSERVE_API_VERSION} with kind InferenceService")
+        return self
+
+    @property
+    def deployment(self) -> str:
+        """The Deployment whose /scale is set: KServe names a predictor <isvc>-predictor."""
+        return self.name if self.kind == "Deployment" else f"{self.name}-predictor"
 
 
 def _within_max_replicas(field: str) -> dict[str, Any]:
@@ -135,7 +170,10 @@ class ScalingPolicySpec(scaling.ScalingPolicy):
         description="Revision in the route table whose load the replica count follows.",
     )
     scale_target_ref: ScaleTargetRef = Field(
-        description="The Deployment that runs the revision; its replicas are set via /scale.",
+        description=(
+            "The Deployment, or the InferenceService, that runs the revision; its replicas "
+            "are set through the Deployment's /scale."
+        ),
     )
 
 
@@ -190,8 +228,20 @@ class ScalingPolicyStatus(_ResourceModel):
         None, ge=0, description="Replicas the controller last asked the Deployment for.",
     )
     ready: int | None = Field(None, ge=0, description="Replicas ready to serve at the last tick.")
+    reason: str | None = Field(
+        None, max_length=1024,
+        description="Why the count is what it is, in a sentence: the demand and what it needs.",
+    )
     conditions: Conditions = Field(
         default_factory=list, description="The current conditions, at most one per type."
+    )
+    decider: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The decider's memory (load history, learned cold start, panic), so that a "
+            "restarted or failed-over controller resumes instead of starting blind. Written "
+            "every few seconds; not meant for people."
+        ),
     )
 
 

@@ -91,7 +91,9 @@ class Revision:
     """Why a rollout holds this revision at zero replicas, whatever the decider wants; routers
     answer requests pinned to it with this reason instead of holding them for a replica."""
     removing: bool = False
-    """Leaving the core: out of the table, then scaled to zero and closed."""
+    """Leaving the core: out of the table, then (unless ``keep_replicas``) scaled to zero, and
+    closed."""
+    keep_replicas: bool = False
 
     @property
     def key(self) -> ports.Key:
@@ -186,13 +188,15 @@ class Core:
         self.revisions[target.key] = Revision(target, replicas, target.weight, state)
         self._changed()
 
-    def remove(self, key: ports.Key) -> None:
-        """Take a revision out: it leaves the table, then its replicas go and its state is
-        dropped (after the next publish, so no router sends it a request meanwhile)."""
+    def remove(self, key: ports.Key, *, keep_replicas: bool = False) -> None:
+        """Take a revision out: it leaves the table, then its replicas go (or, with
+        ``keep_replicas``, stay as they are: the driver stops managing them) and its state is
+        dropped, after the next publish, so no router sends it a request meanwhile."""
         revision = self.revisions.get(key)
         if revision is None or revision.removing:
             return
         revision.removing = True
+        revision.keep_replicas = keep_replicas
         self._changed()
 
     def has(self, key: ports.Key) -> bool:
@@ -363,8 +367,9 @@ class Core:
         """Out of every router's table: scale it to zero, close it, forget it."""
         del self.revisions[revision.key]
         self.store.drop(ports.StateKey.scaling(revision.key))
-        revision.replicas.scale(0)
-        revision.replicas.released()
+        if not revision.keep_replicas:
+            revision.replicas.scale(0)
+            revision.replicas.released()
         task = asyncio.get_running_loop().create_task(revision.replicas.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

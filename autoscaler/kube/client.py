@@ -79,6 +79,7 @@ class Kind:
 PODS = Kind("", "v1", "pods", "Pod", model="V1Pod")
 NODES = Kind("", "v1", "nodes", "Node", namespaced=False, model="V1Node")
 DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment", model="V1Deployment")
+SECRETS = Kind("", "v1", "secrets", "Secret", model="V1Secret")
 SCALING_POLICIES = Kind(resources.GROUP, resources.VERSION, resources.SCALING_POLICY.plural,
                         resources.SCALING_POLICY.kind)
 ROLLOUTS = Kind(resources.GROUP, resources.VERSION, resources.ROLLOUT.plural,

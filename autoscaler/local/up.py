@@ -82,7 +82,7 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path) -> int:
             print(f"sluice up: the router did not start; see {run_dir}/router.log",
                   file=sys.stderr)
             return 1
-        router_client = routers.RouterClient([admin], router_token, session)
+        router_client = routers.RouterClient([routers.Router(admin, router_token)], session)
         pool = gpus.GpuPool(gpus.discover() if spec.gpus == "auto" else spec.gpus)
         control = core.Core(capacity=pool, publisher=router_client, load=router_client,
                             tick_s=spec.controller.tick_s)

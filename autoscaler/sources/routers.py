@@ -5,7 +5,9 @@ every call. Several routers (a router's replicas on Kubernetes) are added up per
 is the LoadSource, RoutePublisher and CounterSource of control/ports.py; the documents it reads
 are parsed with the wire models (policies/wire.py) the routers write them with.
 
-The set of routers may change while it runs (router pods come and go): ``set_routers``.
+The set of routers may change while it runs (router pods come and go): ``set_routers``. A
+router may front some services only (on Kubernetes, one InferenceService's); it is sent only
+their part of the route table.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import aiohttp
 import pydantic
@@ -26,21 +29,41 @@ RECONNECT_S = 0.5
 """Pause before following a router's events again after the stream broke."""
 
 
+@dataclass(frozen=True)
+class Router:
+    admin_url: str
+    """The router's admin API, http://host:port."""
+    token: str
+    """Its write token (the router's SLUICE_ADMIN_TOKEN); never logged."""
+    services: frozenset[str] | None = None
+    """The services it fronts; None: every service."""
+
+    def part(self, table: routing.RouteTable) -> routing.RouteTable | None:
+        """What of ``table`` this router serves; None when none of its services is in it."""
+        if self.services is None:
+            return table
+        mine = {name: s for name, s in table.services.items() if name in self.services}
+        return routing.RouteTable(services=mine) if mine else None
+
+
 class RouterClient:
     TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
     EVENTS_TIMEOUT = aiohttp.ClientTimeout(connect=2, sock_read=60)
     """The events stream sends a heartbeat every 15 s; a minute of silence is a dead router."""
 
-    def __init__(self, admin_urls: list[str], token: str, session: aiohttp.ClientSession) -> None:
-        self.admin_urls = list(admin_urls)
-        self._auth = {"Authorization": f"Bearer {token}"}
+    def __init__(self, routers: list[Router], session: aiohttp.ClientSession) -> None:
+        self.routers = list(routers)
         self._session = session
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._on_poke: ports.PokeHandler | None = None
 
-    def set_routers(self, admin_urls: list[str]) -> None:
-        """Routers now at these admin URLs; follow the new ones' pokes, drop the gone ones'."""
-        self.admin_urls = list(admin_urls)
+    @property
+    def admin_urls(self) -> list[str]:
+        return [router.admin_url for router in self.routers]
+
+    def set_routers(self, routers: list[Router]) -> None:
+        """These routers now; follow the new ones' pokes, drop the gone ones'."""
+        self.routers = list(routers)
         if self._on_poke is not None:
             self._follow_all(self._on_poke)
 
@@ -75,20 +98,18 @@ class RouterClient:
         return totals
 
     async def publish(self, table: routing.RouteTable) -> None:
-        """PUT the route table to every router at once; raises if any refuses it."""
-        body = table.model_dump_json()
-        await asyncio.gather(*(self._put(url, body) for url in self.admin_urls))
+        """PUT each router its part of the route table, all at once; raises if any refuses."""
+        await asyncio.gather(*(self.publish_to(router, table) for router in self.routers))
 
-    async def publish_to(self, url: str, table: routing.RouteTable) -> None:
-        """PUT the route table to one router (one that has just become ready)."""
-        await self._put(url, table.model_dump_json())
-
-    async def _put(self, url: str, body: str) -> None:
-        async with self._session.put(url + "/routes", data=body, timeout=self.TIMEOUT,
-                                     headers={**self._auth,
-                                              "Content-Type": "application/json"}) as response:
+    async def publish_to(self, router: Router, table: routing.RouteTable) -> None:
+        part = router.part(table)
+        if part is None:
+            return
+        headers = {"Authorization": f"Bearer {router.token}", "Content-Type": "application/json"}
+        async with self._session.put(router.admin_url + "/routes", data=part.model_dump_json(),
+                                     timeout=self.TIMEOUT, headers=headers) as response:
             if response.status != 200:
-                raise RuntimeError(f"router {url} refused the route table: "
+                raise RuntimeError(f"router {router.admin_url} refused the route table: "
                                    f"{response.status} {(await response.text())[:500]}")
 
     async def pokes(self, on_poke: ports.PokeHandler) -> None:

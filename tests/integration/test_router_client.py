@@ -24,7 +24,7 @@ async def test_counter_windows_are_exact_per_revision(start_router, start_model_
     router = start_router(service(revision("stable", 0, [good.url]),
                                   revision("canary", 0, [bad.url])))
     async with aiohttp.ClientSession() as session:
-        client = routers.RouterClient([router.admin], TOKEN, session)
+        client = routers.RouterClient([routers.Router(router.admin, TOKEN)], session)
         before = await client.counters()
         for arm, count in (("stable", 30), ("canary", 7)):
             for _ in range(count):
@@ -50,7 +50,7 @@ async def test_publish_then_poke_reaches_the_subscriber(start_router):
         poked.set()
 
     async with aiohttp.ClientSession() as session:
-        client = routers.RouterClient([router.admin], TOKEN, session)
+        client = routers.RouterClient([routers.Router(router.admin, TOKEN)], session)
         await client.publish(routing.load(service(revision("v1", 100), revision("v2", 0))))
         follower = asyncio.create_task(client.pokes(on_poke))
         # A poke fires when a revision's empty queue gets a request. Until the subscription is

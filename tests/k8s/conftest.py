@@ -33,7 +33,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tests.k8s import kserve, process_kubelet
+from tests.k8s import kserve, process_kubelet, sluice
 
 HERE = Path(__file__).parent
 BUILD_SCRIPT = HERE / "build-control-plane.sh"
@@ -219,6 +219,13 @@ def kubelet(
     yield process_kubelet_session
     problems = process_kubelet_session.errors[reported:]
     assert not problems, f"the process kubelet reported: {problems}"
+
+
+@pytest.fixture(scope="session")
+def installed_crds(k8s_cluster: Cluster) -> Iterator[list[dict]]:
+    """sluice's committed CRDs, Established, for the whole session; deleted at its end."""
+    with k8s_cluster.api_client() as api:
+        yield from sluice.installed_crds(api)
 
 
 @pytest.fixture(scope="session")

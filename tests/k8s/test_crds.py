@@ -26,12 +26,12 @@ from typing import Any
 
 import pydantic
 import pytest
-import urllib3
 import yaml
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
 from policies import resources
+from tests.k8s import sluice
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "manifests" / "crds"
@@ -59,59 +59,6 @@ def _poll(predicate, *, what: str, timeout_s: float = ESTABLISH_TIMEOUT_S) -> No
         time.sleep(0.1)
 
 
-def _json(response: urllib3.HTTPResponse) -> Any:
-    """The body of a response asked for with `_preload_content=False`."""
-    try:
-        return json.loads(response.data)
-    finally:
-        response.release_conn()
-
-
-def _read_crd(extensions: client.ApiextensionsV1Api, name: str) -> dict[str, Any]:
-    # Raw JSON, to compare with the committed YAML as it is.
-    return _json(extensions.read_custom_resource_definition(name, _preload_content=False))
-
-
-def _condition(crd: dict[str, Any], type_: str) -> str | None:
-    conditions = crd.get("status", {}).get("conditions") or []
-    return next((c["status"] for c in conditions if c["type"] == type_), None)
-
-
-def _crd_is_gone(extensions: client.ApiextensionsV1Api, name: str) -> bool:
-    try:
-        _read_crd(extensions, name)
-    except ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
-
-
-@pytest.fixture(scope="module")
-def installed_crds(k8s_cluster) -> Iterator[list[dict[str, Any]]]:
-    """The committed CRDs, created and Established; deleted (and waited for) afterwards."""
-    documents = [yaml.safe_load(path.read_text()) for path in sorted(CRD_DIR.glob("*.yaml"))]
-    with k8s_cluster.api_client() as api:
-        extensions = client.ApiextensionsV1Api(api)
-        created = []
-        try:
-            for document in documents:
-                extensions.create_custom_resource_definition(document)
-                created.append(document["metadata"]["name"])
-            for name in created:
-                _poll(
-                    lambda name=name: _condition(_read_crd(extensions, name), "Established")
-                    == "True",
-                    what=f"CRD {name} to be Established",
-                )
-            yield [_read_crd(extensions, name) for name in created]
-        finally:
-            for name in created:
-                extensions.delete_custom_resource_definition(name)
-            for name in created:
-                _poll(lambda name=name: _crd_is_gone(extensions, name), what=f"{name} deleted")
-
-
 @pytest.fixture
 def custom_objects(k8s_cluster, installed_crds) -> Iterator[client.CustomObjectsApi]:
     with k8s_cluster.api_client() as api:
@@ -128,7 +75,7 @@ def _create(objects: client.CustomObjectsApi, namespace: str, document: dict, **
 def test_crds_are_established_with_names_in_discovery(k8s_cluster, installed_crds):
     assert {crd["spec"]["names"]["kind"] for crd in installed_crds} == set(RESOURCES_BY_KIND)
     for crd in installed_crds:
-        assert _condition(crd, "NamesAccepted") == "True"
+        assert sluice.condition(crd, "NamesAccepted") == "True"
         # No field the apiserver dropped or rewrote: what is committed is what is served.
         committed = yaml.safe_load((CRD_DIR / f"{crd['metadata']['name']}.yaml").read_text())
         assert crd["spec"]["versions"] == committed["spec"]["versions"]
@@ -377,10 +324,14 @@ def test_get_shows_spec_and_status_columns(custom_objects, k8s_namespace, kind, 
         example["metadata"]["name"], {"status": status},
     )
     # What `kubectl get` asks for: the server renders the printer columns as a Table.
-    table = _json(custom_objects.list_namespaced_custom_object(
+    response = custom_objects.list_namespaced_custom_object(
         resources.GROUP, resources.VERSION, k8s_namespace, resource.plural,
         _headers={"Accept": TABLE}, _preload_content=False,
-    ))
+    )
+    try:
+        table = json.loads(response.data)
+    finally:
+        response.release_conn()
     names = [column["name"] for column in table["columnDefinitions"]]
     (row,) = table["rows"]
     cells = dict(zip(names, row["cells"], strict=True))
@@ -423,8 +374,9 @@ def _applied(api: client.ApiClient, documents: list[dict[str, Any]]) -> Iterator
                 delete[document["kind"]](document["metadata"]["name"])
 
 
-Permission = tuple[str, str, str, str]
-"""verb, API group, resource, subresource: a SubjectAccessReview's resource attributes."""
+Permission = tuple[str, ...]
+"""verb, API group, resource, subresource and optionally the object's name: a
+SubjectAccessReview's resource attributes."""
 
 NEEDED: list[Permission] = [
     ("get", "sluice.dev", "scalingpolicies", ""),
@@ -438,17 +390,25 @@ NEEDED: list[Permission] = [
     ("watch", "", "pods", ""),
     ("create", "", "events", ""),
     ("patch", "events.k8s.io", "events", ""),
+    ("get", "apps", "deployments", ""),
+    ("watch", "serving.kserve.io", "inferenceservices", ""),
 ]
+ROUTER_TOKEN = ("get", "", "secrets", "", "sluice-router-admin")
+"""The routers' admin token: the one Secret the controller may read."""
 READ_NODES: Permission = ("list", "", "nodes", "")
 FORBIDDEN: list[Permission] = [
     ("update", "sluice.dev", "scalingpolicies", ""),
     ("create", "sluice.dev", "scalingpolicies", ""),
     ("delete", "sluice.dev", "scalingpolicies", ""),
-    ("get", "apps", "deployments", ""),
+    ("list", "apps", "deployments", ""),
     ("patch", "apps", "deployments", ""),
+    ("update", "apps", "deployments", ""),
+    ("patch", "serving.kserve.io", "inferenceservices", ""),
     ("create", "", "pods", ""),
     ("delete", "", "pods", ""),
     ("get", "", "secrets", ""),
+    ("get", "", "secrets", "", "database-password"),
+    ("list", "", "secrets", ""),
     ("delete", "", "events", ""),
     ("patch", "", "nodes", ""),
 ]
@@ -457,13 +417,14 @@ FORBIDDEN: list[Permission] = [
 def _allowed(api: client.ApiClient, account_namespace: str, permission: Permission,
              namespace: str) -> bool:
     """Whether the controller's ServiceAccount has `permission` in `namespace` ("" = cluster)."""
-    verb, group, resource, subresource = permission
+    verb, group, resource, subresource, *name = permission
     review = client.AuthorizationV1Api(api).create_subject_access_review({
         "spec": {
             "user": f"system:serviceaccount:{account_namespace}:{CONTROLLER}",
             "resourceAttributes": {
                 "verb": verb, "group": group, "resource": resource,
                 "subresource": subresource, "namespace": namespace,
+                **({"name": name[0]} if name else {}),
             },
         }
     })
@@ -487,7 +448,7 @@ def test_cluster_role_grants_what_the_controller_needs_and_nothing_else(
     with k8s_cluster.api_client() as api, _applied(api, documents):
         _wait_for_rbac(api, k8s_namespace)
         for namespace in (k8s_namespace, "default"):
-            for permission in NEEDED:
+            for permission in [*NEEDED, ROUTER_TOKEN]:
                 assert _allowed(api, k8s_namespace, permission, namespace), permission
             for permission in FORBIDDEN:
                 assert not _allowed(api, k8s_namespace, permission, namespace), permission
@@ -519,7 +480,7 @@ def test_namespaced_role_grants_nothing_outside_its_namespace(
     )
     with k8s_cluster.api_client() as api, _applied(api, documents):
         _wait_for_rbac(api, k8s_namespace)
-        for permission in NEEDED:
+        for permission in [*NEEDED, ROUTER_TOKEN]:
             assert _allowed(api, k8s_namespace, permission, k8s_namespace), permission
             assert not _allowed(api, k8s_namespace, permission, "default"), permission
         for permission in FORBIDDEN:

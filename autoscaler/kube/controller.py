@@ -1,0 +1,651 @@
+"""``sluice controller``: the control core with Kubernetes drivers.
+
+It watches ScalingPolicies, the pods of their targets, nodes and InferenceServices (informers:
+list, then watch with bookmarks, re-list on 410), and per namespace runs one control core whose
+
+- Replicas are the targets' Deployments, scaled through ``/scale`` only, their pods sorted to
+  revisions by the selector ``/scale`` returns and probed by sluice itself (kube/replicas.py);
+- Capacity is the nodes' free GPUs for each revision's pod shape (policies/capacity.py);
+- LoadSource and RoutePublisher are the namespace's router pods (label
+  ``app.kubernetes.io/name: sluice-router``), each sent its own service's part of the table with
+  the token in Secret ``sluice-router-admin``; a router is published to as soon as it runs,
+  before it is Ready (a router is not Ready until it holds a table);
+- StateStore is each ScalingPolicy's status: the decider's memory is written there every
+  ``state_interval_s`` and a restarted controller resumes from it.
+
+A ScalingPolicy's route-table name is ``spec.service``/``spec.revision``: the namespace's
+routers serve the revisions of their service. Its status says what was decided and why
+(kube/status.py); a policy that cannot be enforced (invalid, its target missing, KServe's own
+autoscaler in charge) says why in its Ready condition and changes nothing. Deleting a policy
+leaves its Deployment's replicas as they are.
+
+If the apiserver is unreachable the controller keeps its last view and decisions: nothing is
+scaled down and routers keep serving their last table; it resumes when the apiserver returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pydantic
+from aiohttp import web
+
+from autoscaler.control import core, ports
+from autoscaler.kube import client, informer, inventory, pods, replicas, status
+from autoscaler.sources import routers
+from policies import capacity, codec, decider, resources, validation
+
+logger = logging.getLogger(__name__)
+
+ROUTER_NAME_LABEL = "app.kubernetes.io/name"
+ROUTER_NAME = "sluice-router"
+SERVICE_LABEL = "sluice.dev/service"
+"""On a router pod: the route-table service (the InferenceService) it fronts."""
+ADMIN_PORT_NAME = "admin"
+DEFAULT_ADMIN_PORT = 8081
+ROUTER_TOKEN_SECRET = "sluice-router-admin"
+ROUTER_TOKEN_KEY = "token"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    namespace: str | None = None
+    """The one namespace to manage; None: every namespace (needs the ClusterRole)."""
+    tick_s: float = 1.0
+    """Seconds between scaling decisions; routers' pokes decide at once in between."""
+    status_interval_s: float = 1.0
+    """Seconds between status evaluations; a status is written only when it changed."""
+    state_interval_s: float = 10.0
+    """Seconds between writes of a decider's memory to its policy's status: a failed-over
+    controller resumes from at most this old a memory, and a steady cluster writes at most
+    one status per policy this often."""
+    health_listen: str | None = "0.0.0.0:8080"
+    """Where /healthz and /readyz (informers synced) answer, for the kubelet's probes; they
+    reveal nothing but ok. None: no health endpoint."""
+    probe: replicas.ProbeSettings = field(default_factory=replicas.ProbeSettings)
+
+
+@dataclass
+class Policy:
+    """One ScalingPolicy as the controller tracks it."""
+
+    namespace: str
+    name: str
+    obj: dict[str, Any]
+    spec: resources.ScalingPolicySpec | None = None
+    problem: status.Condition | None = None
+    replicas: replicas.KubeReplicas | None = None
+    shape: capacity.ReplicaShape | None = None
+    last_state_write: float = 0.0
+    last_desired: int | None = None
+    last_failure: str | None = None
+
+    @property
+    def key(self) -> ports.Key | None:
+        return (self.spec.service, self.spec.revision) if self.spec is not None else None
+
+    @property
+    def generation(self) -> int | None:
+        value = self.obj.get("metadata", {}).get("generation")
+        return int(value) if value is not None else None
+
+
+class PolicyStore:
+    """The StateStore of one namespace's core: decider memory lives in ScalingPolicy status."""
+
+    def __init__(self, controller: Controller, namespace: str) -> None:
+        self._controller = controller
+        self._namespace = namespace
+        self.latest: dict[ports.StateKey, object] = {}
+
+    def load(self, key: ports.StateKey, kind: type[ports.T]) -> ports.T | None:
+        if key in self.latest:
+            state = self.latest[key]
+            return state if isinstance(state, kind) else None
+        policy = self._controller.policy_for(self._namespace, key)
+        saved = policy.obj.get("status", {}).get("decider") if policy is not None else None
+        if saved is None:
+            return None
+        try:
+            return codec.load(kind, saved)
+        except pydantic.ValidationError:
+            logger.warning("ScalingPolicy %s/%s: its saved decider state is not readable; "
+                           "starting afresh", self._namespace, policy.name if policy else "?")
+            return None
+
+    def save(self, key: ports.StateKey, state: object) -> None:
+        self.latest[key] = state
+
+    def drop(self, key: ports.StateKey) -> None:
+        self.latest.pop(key, None)
+
+
+class Capacity:
+    """The Capacity of one namespace's core: free GPUs for a revision's pod shape."""
+
+    def __init__(self, controller: Controller, namespace: str) -> None:
+        self._controller = controller
+        self._namespace = namespace
+
+    def free_gpus(self, target: ports.RevisionTarget) -> int | None:
+        policy = target.policy
+        if not policy.gpus_per_replica:
+            return None
+        owner = self._controller.policy_for(self._namespace,
+                                            ports.StateKey.scaling(target.key))
+        if owner is None or owner.replicas is None:
+            return None
+        shape = owner.shape or capacity.ReplicaShape(policy.gpus_per_replica, policy.gpu_resource)
+        return capacity.capacity(
+            self._controller.nodes(), self._controller.index.capacity_pods.values(), shape,
+            [pod.key for pod in owner.replicas.members()]).free_gpus
+
+
+@dataclass
+class NamespaceControl:
+    core: core.Core
+    router_client: routers.RouterClient
+    store: PolicyStore
+    task: asyncio.Task[None] | None = None
+    token: str | None = None
+    fetching_token: bool = False
+    router_set: tuple[routers.Router, ...] = ()
+
+
+class Controller:
+    """Every namespace's control core, fed by informers; see the module docstring."""
+
+    def __init__(self, api: client.KubeApi, session: aiohttp.ClientSession,
+                 settings: ControllerSettings = ControllerSettings(),
+                 wall: Callable[[], float] = time.time) -> None:
+        self.api = api
+        self.session = session
+        self.settings = settings
+        self.wall = wall
+        namespace = settings.namespace
+        self.policies_informer = informer.Informer(api, client.SCALING_POLICIES,
+                                                   namespace=namespace)
+        self.pods_informer = informer.Informer(api, client.PODS, namespace=namespace)
+        self.nodes_informer = informer.Informer(api, client.NODES)
+        self.isvc_informer: informer.Informer | None = informer.Informer(
+            api, client.INFERENCE_SERVICES, namespace=namespace)
+        self.index = replicas.PodIndex()
+        self.prober = replicas.Prober(session, self._probed, settings.probe, wall)
+        self.writer = status.StatusWriter(api, client.SCALING_POLICIES)
+        self.events = status.EventRecorder(api)
+        self.namespaces: dict[str, NamespaceControl] = {}
+        self.policies: dict[tuple[str, str], Policy] = {}
+        self._dirty: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._nodes_cache: tuple[str, list[capacity.Node]] = ("", [])
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # running
+
+    async def run(self) -> None:
+        """Watch, decide and act until cancelled."""
+        if not await self._has_inference_services():
+            self.isvc_informer = None
+        informers = [self.pods_informer, self.nodes_informer, self.policies_informer]
+        if self.isvc_informer is not None:
+            informers.append(self.isvc_informer)
+            self.isvc_informer.add_handler(self._on_isvc)
+        self.pods_informer.add_handler(self._on_pod)
+        self.policies_informer.add_handler(self._on_policy)
+        try:
+            self._tasks = [asyncio.create_task(i.run(), name=f"informer-{i.kind.plural}")
+                           for i in informers]
+            await asyncio.gather(*(i.synced.wait() for i in informers))
+            logger.info("watching %s: %d ScalingPolicies, %d pods, %d nodes",
+                        self.settings.namespace or "all namespaces", len(self.policies_informer),
+                        len(self.pods_informer), len(self.nodes_informer))
+            self._tasks += [asyncio.create_task(self._reconcile_forever(), name="reconcile"),
+                            asyncio.create_task(self._status_forever(), name="status")]
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        tasks = self._tasks + [n.task for n in self.namespaces.values() if n.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for control in self.namespaces.values():
+            await control.core.close()
+        await self.prober.close()
+        await self.events.close()
+
+    def synced(self) -> bool:
+        informers = [self.pods_informer, self.nodes_informer, self.policies_informer]
+        return all(i.synced.is_set() for i in informers)
+
+    def healthy(self) -> bool:
+        """The caches are current: the last list or watch of every informer succeeded."""
+        informers = [self.pods_informer, self.nodes_informer, self.policies_informer,
+                     *([self.isvc_informer] if self.isvc_informer else [])]
+        return all(i.last_error is None for i in informers)
+
+    async def _has_inference_services(self) -> bool:
+        try:
+            await self.api.list(client.INFERENCE_SERVICES, namespace=self.settings.namespace)
+        except client.NotFound:
+            logger.info("no InferenceService CRD: only Deployments can be targets")
+            return False
+        except client.KubeError:
+            return True  # the informer retries; the CRD is probably there
+        return True
+
+    # reading the caches
+
+    def nodes(self) -> list[capacity.Node]:
+        version = self.nodes_informer.resource_version or ""
+        if self._nodes_cache[0] != version:
+            self._nodes_cache = (version, [inventory.node(n) for n in self.nodes_informer])
+        return self._nodes_cache[1]
+
+    def policy_for(self, namespace: str, key: ports.StateKey) -> Policy | None:
+        for policy in self.policies.values():
+            if policy.namespace == namespace and policy.key == (key.service, key.revision):
+                return policy
+        return None
+
+    # informer handlers: cheap, no I/O; the work goes to a queue or a task
+
+    def _on_policy(self, change: informer.Change) -> None:
+        metadata = change.object.get("metadata", {})
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if change.type is informer.ChangeType.DELETED:
+            self._forget(key)
+            return
+        policy = self.policies.get(key)
+        if policy is None:
+            policy = self.policies[key] = Policy(*key, change.object)
+        else:
+            old_generation = policy.generation
+            policy.obj = change.object
+            if policy.generation == old_generation and policy.spec is not None:
+                return  # a status write of ours, or metadata: nothing to do
+        self._dirty.put_nowait(key)
+
+    def _on_isvc(self, change: informer.Change) -> None:
+        metadata = change.object.get("metadata", {})
+        for key, policy in self.policies.items():
+            ref = policy.spec.scale_target_ref if policy.spec else None
+            if policy.namespace == metadata.get("namespace") and (
+                    policy.problem is not None or (ref is not None and ref.kind ==
+                                                   "InferenceService")):
+                self._dirty.put_nowait(key)
+
+    def _on_pod(self, change: informer.Change) -> None:
+        pod = change.object
+        key = (pod.metadata.namespace or "", pod.metadata.name)
+        if change.type is informer.ChangeType.DELETED:
+            gone = self.index.drop(key)
+            self.index.capacity_pods.pop(key, None)
+            if gone is not None:
+                self.prober.forget(gone)
+        else:
+            view = pods.view(pod)
+            self.index.put(view)
+            self.index.capacity_pods[key] = inventory.pod(pod)
+            self.prober.update(view)
+        control = self.namespaces.get(key[0])
+        if control is None:
+            return
+        if (pod.metadata.labels or {}).get(ROUTER_NAME_LABEL) == ROUTER_NAME:
+            self._routers_changed(key[0], control)
+        control.core.endpoints_changed()
+
+    def _probed(self, pod: pods.PodView) -> None:
+        control = self.namespaces.get(pod.namespace)
+        if control is not None:
+            control.core.endpoints_changed()
+
+    # reconciling policies
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            key = await self._dirty.get()
+            policy = self.policies.get(key)
+            if policy is None:
+                continue
+            try:
+                await self._reconcile(policy)
+            except Exception:
+                logger.exception("reconciling ScalingPolicy %s/%s failed; retrying", *key)
+                await asyncio.sleep(1.0)
+                self._dirty.put_nowait(key)
+
+    async def _reconcile(self, policy: Policy) -> None:
+        try:
+            spec = resources.ScalingPolicySpec.model_validate(policy.obj.get("spec") or {})
+        except pydantic.ValidationError as error:
+            self._unmanage(policy, status.Condition(status.READY, False, "InvalidSpec",
+                                                    validation.describe(error)))
+            return
+        problem = self._conflict(policy, spec)
+        if problem is None and spec.scale_target_ref.kind == "InferenceService":
+            problem = self._kserve_problem(policy.namespace, spec.scale_target_ref.name)
+        if problem is not None:
+            self._unmanage(policy, problem, spec)
+            return
+        deployment = spec.scale_target_ref.deployment
+        try:
+            scale = await self.api.get_scale(policy.namespace, deployment)
+            workload = await self.api.get(client.DEPLOYMENTS, policy.namespace, deployment)
+        except client.NotFound:
+            self._unmanage(policy, status.Condition(
+                status.READY, False, "TargetNotFound",
+                f"Deployment {deployment} not found in {policy.namespace}"), spec)
+            return
+        owner = (workload.metadata.labels or {}).get("serving.kserve.io/inferenceservice")
+        if owner and spec.scale_target_ref.kind == "Deployment":
+            problem = self._kserve_problem(policy.namespace, owner)
+            if problem is not None:
+                self._unmanage(policy, problem, spec)
+                return
+        selector = (scale.status.selector if scale.status is not None else None) or ""
+        target = replicas.ScaleTarget(policy.namespace, deployment, selector)
+        template = workload.spec.template.spec if workload.spec and workload.spec.template \
+            else None
+        shape = (inventory.replica_shape(template, spec.gpu_resource, spec.gpus_per_replica)
+                 if template is not None and spec.gpus_per_replica else None)
+        control = self._namespace(policy.namespace)
+        revision = ports.RevisionTarget(service=spec.service, revision=spec.revision,
+                                        policy=spec, weight=self._weight(policy.namespace, spec))
+        old_key, old_target = policy.key, (policy.replicas.target if policy.replicas else None)
+        if old_key is not None and (old_key != (spec.service, spec.revision)
+                                    or old_target != target):
+            control.core.remove(old_key, keep_replicas=True)
+            policy.replicas = None
+        policy.spec, policy.problem, policy.shape = spec, None, shape
+        if policy.replicas is None:
+            spec_replicas = (scale.spec.replicas if scale.spec is not None else 0) or 0
+            policy.replicas = replicas.KubeReplicas(self.api, target, spec_replicas, self.index,
+                                                    self.prober, healthy=self.healthy)
+            control.core.upsert(revision, policy.replicas)
+            logger.info("ScalingPolicy %s/%s: %s/%s scales Deployment %s (selector %s)",
+                        policy.namespace, policy.name, spec.service, spec.revision, deployment,
+                        selector)
+        else:
+            control.core.upsert(revision)
+
+    def _conflict(self, policy: Policy, spec: resources.ScalingPolicySpec) -> \
+            status.Condition | None:
+        for other in self.policies.values():
+            if other is not policy and other.namespace == policy.namespace and \
+                    other.problem is None and other.key == (spec.service, spec.revision):
+                return status.Condition(
+                    status.READY, False, "DuplicateRevision",
+                    f"ScalingPolicy {other.name} already scales {spec.service}/{spec.revision}")
+        return None
+
+    def _kserve_problem(self, namespace: str, name: str) -> status.Condition | None:
+        """Why an InferenceService's predictor cannot be scaled by sluice, or None."""
+        isvc = self.isvc_informer.get(namespace, name) if self.isvc_informer else None
+        if isvc is None:
+            where = "" if self.isvc_informer else " (KServe's CRD is not installed)"
+            return status.Condition(status.READY, False, "TargetNotFound",
+                                    f"InferenceService {name} not found in {namespace}{where}")
+        annotations = isvc.get("metadata", {}).get("annotations") or {}
+        autoscaler = annotations.get(resources.AUTOSCALER_CLASS_ANNOTATION, "hpa")
+        if autoscaler != resources.EXTERNAL_AUTOSCALER:
+            return status.Condition(
+                status.READY, False, "AutoscalerConflict",
+                f"InferenceService {name} has {resources.AUTOSCALER_CLASS_ANNOTATION}: "
+                f"{autoscaler!r}: KServe's own {'HPA' if autoscaler == 'hpa' else 'reconciler'} "
+                f"would fight sluice over its replicas; set it to "
+                f"{resources.EXTERNAL_AUTOSCALER!r}")
+        return None
+
+    def _weight(self, namespace: str, spec: resources.ScalingPolicySpec) -> int:
+        """A revision's weight until a rollout sets one: the service's first revision takes
+        the traffic, later ones (a canary) get none."""
+        control = self.namespaces.get(namespace)
+        if control is not None and control.core.has((spec.service, spec.revision)):
+            return control.core.weight((spec.service, spec.revision))
+        taken = control is not None and control.core.revisions_of(spec.service)
+        return 0 if taken else 100
+
+    def _unmanage(self, policy: Policy, problem: status.Condition,
+                  spec: resources.ScalingPolicySpec | None = None) -> None:
+        """The policy cannot be enforced: stop managing its revision, say why."""
+        if policy.key is not None and policy.namespace in self.namespaces:
+            self.namespaces[policy.namespace].core.remove(policy.key, keep_replicas=True)
+        policy.spec, policy.replicas, policy.problem = spec, None, problem
+        logger.info("ScalingPolicy %s/%s not enforced: %s", policy.namespace, policy.name,
+                    problem.message)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        policy = self.policies.pop(key, None)
+        self.writer.forget(*key)
+        if policy is not None and policy.key is not None and policy.problem is None:
+            control = self.namespaces.get(policy.namespace)
+            if control is not None:
+                control.core.remove(policy.key, keep_replicas=True)
+
+    # namespaces and their routers
+
+    def _namespace(self, namespace: str) -> NamespaceControl:
+        control = self.namespaces.get(namespace)
+        if control is None:
+            client_ = routers.RouterClient([], self.session)
+            store = PolicyStore(self, namespace)
+            control = NamespaceControl(
+                core.Core(capacity=Capacity(self, namespace), publisher=client_, load=client_,
+                          store=store, tick_s=self.settings.tick_s),
+                client_, store)
+            self.namespaces[namespace] = control
+            control.task = asyncio.create_task(control.core.run(), name=f"core-{namespace}")
+            self._routers_changed(namespace, control)
+        return control
+
+    def _routers_changed(self, namespace: str, control: NamespaceControl) -> None:
+        found = []
+        for pod in self.pods_informer:
+            metadata = pod.metadata
+            labels = metadata.labels or {}
+            if metadata.namespace != namespace or labels.get(ROUTER_NAME_LABEL) != ROUTER_NAME:
+                continue
+            ip = pod.status.pod_ip if pod.status else None
+            if ip is None or metadata.deletion_timestamp is not None or (
+                    pod.status.phase != "Running"):
+                continue
+            service = labels.get(SERVICE_LABEL)
+            found.append((f"http://{ip}:{_admin_port(pod)}",
+                          frozenset({service}) if service else None))
+        if not found:
+            self._set_routers(control, ())
+            return
+        if control.token is None:
+            if not control.fetching_token:
+                control.fetching_token = True
+                self._tasks.append(asyncio.get_running_loop().create_task(
+                    self._fetch_token(namespace, control)))
+            return
+        token = control.token
+        self._set_routers(control, tuple(routers.Router(url, token, services)
+                                         for url, services in sorted(found, key=str)))
+
+    def _set_routers(self, control: NamespaceControl, found: tuple[routers.Router, ...]) -> None:
+        if found != control.router_set:
+            control.router_set = found
+            control.router_client.set_routers(list(found))
+            control.core.republish()
+
+    async def _fetch_token(self, namespace: str, control: NamespaceControl) -> None:
+        """The routers' admin token, from their Secret; retried until it can be read."""
+        while control.token is None:
+            try:
+                secret = await self.api.get(client.SECRETS, namespace, ROUTER_TOKEN_SECRET)
+                encoded = (secret.data or {}).get(ROUTER_TOKEN_KEY)
+                if encoded:
+                    control.token = base64.b64decode(encoded).decode().strip()
+                    break
+                logger.warning("Secret %s/%s has no %r", namespace, ROUTER_TOKEN_SECRET,
+                               ROUTER_TOKEN_KEY)
+            except client.KubeError as error:
+                logger.warning("reading the routers' token in %s: %s", namespace, error)
+            await asyncio.sleep(2.0)
+        self._routers_changed(namespace, control)
+
+    # status
+
+    async def _status_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval_s)
+            writes = [self._write_status(policy) for policy in list(self.policies.values())]
+            await asyncio.gather(*writes, return_exceptions=True)
+
+    async def _write_status(self, policy: Policy) -> None:
+        now = self.wall()
+        previous = (policy.obj.get("status") or {}).get("conditions") or []
+        body: dict[str, Any] = {"observedGeneration": policy.generation}
+        revision = None
+        if policy.problem is None and policy.key is not None and policy.replicas is not None:
+            control = self.namespaces.get(policy.namespace)
+            revision = control.core.revisions.get(policy.key) if control else None
+        if revision is None:
+            conditions = status.conditions_for(None, ready=0, failure=None, unschedulable=None,
+                                               problem=policy.problem or status.Condition(
+                                                   status.READY, False, "Pending",
+                                                   "resolving the target"))
+        else:
+            assert policy.replicas is not None and policy.spec is not None
+            decision = revision.decision
+            counts = policy.replicas.counts()
+            failure = policy.replicas.failure
+            conditions = status.conditions_for(
+                decision, ready=counts.ready, failure=failure,
+                unschedulable=policy.replicas.unschedulable, problem=None)
+            body.update(desired=policy.replicas.desired, ready=counts.ready,
+                        reason=status.explain(decision, policy.spec) if decision else "")
+            self._events(policy, decision, failure)
+        body["conditions"] = status.rendered(conditions, previous, now, policy.generation)
+        shown = status.validated(body)
+        state = self._state(policy, now)
+        if not self.writer.changed(policy.namespace, policy.name, shown) and state is None:
+            return
+        if state is not None:
+            shown = {**shown, "decider": state}
+        if await self.writer.write(policy.namespace, policy.name, shown) and state is not None:
+            policy.last_state_write = now
+
+    def _state(self, policy: Policy, now: float) -> dict[str, Any] | None:
+        """The decider's memory, when it is due to be written."""
+        if policy.key is None or now - policy.last_state_write < self.settings.state_interval_s:
+            return None
+        control = self.namespaces.get(policy.namespace)
+        state = control.store.latest.get(ports.StateKey.scaling(policy.key)) if control else None
+        return codec.dump(state) if state is not None else None
+
+    def _events(self, policy: Policy, decision: decider.ScalingDecision | None,
+                failure: str | None) -> None:
+        assert policy.replicas is not None and policy.spec is not None
+        desired = policy.replicas.desired
+        if policy.last_desired is not None and desired != policy.last_desired:
+            reason = "ScaledUp" if desired > policy.last_desired else "ScaledDown"
+            why = status.explain(decision, policy.spec) if decision is not None else ""
+            self.events.record(policy.obj, reason, f"{policy.replicas.target.deployment}: "
+                               f"{policy.last_desired} → {desired} replicas; {why}")
+        policy.last_desired = desired
+        if failure and failure != policy.last_failure:
+            self.events.record(policy.obj, "ReplicaFailed", failure, kind="Warning",
+                               action="Observe")
+        policy.last_failure = failure
+
+
+def _admin_port(pod: Any) -> int:
+    for container in (pod.spec.containers if pod.spec else None) or []:
+        for port in container.ports or []:
+            if port.name == ADMIN_PORT_NAME:
+                return int(port.container_port)
+    return DEFAULT_ADMIN_PORT
+
+
+async def _serve_health(controller: Controller, listen: str) -> web.AppRunner:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = controller.synced()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    return runner
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sluice controller",
+        description="Run the sluice controller against a cluster: ScalingPolicies in, replica "
+                    "counts (through /scale), route tables, status and Events out.")
+    parser.add_argument("--kubeconfig", type=Path,
+                        help="kubeconfig (default: in-cluster ServiceAccount, else $KUBECONFIG "
+                             "or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: its current one)")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="manage this namespace only")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="manage every namespace (the default)")
+    parser.add_argument("--tick", type=float, default=1.0, help="seconds between decisions")
+    parser.add_argument("--health-listen", default="0.0.0.0:8080",
+                        help="HOST:PORT for /healthz and /readyz, or 'off' (default %(default)s)")
+    args = parser.parse_args(argv)
+    if not 0.1 <= args.tick <= 10:
+        parser.error(f"--tick: between 0.1 and 10 seconds, got {args.tick:g}")
+    settings = ControllerSettings(
+        namespace=args.namespace, tick_s=args.tick,
+        health_listen=None if args.health_listen == "off" else args.health_listen)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s sluice-controller: %(message)s")
+    import uvloop
+    return uvloop.run(_run(client.ClientSettings(kubeconfig=args.kubeconfig,
+                                                 context=args.context), settings))
+
+
+async def _run(client_settings: client.ClientSettings, settings: ControllerSettings) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        api = await client.connect(client_settings)
+    except client.ConfigError as error:
+        print(f"sluice controller: {error}", file=sys.stderr)
+        return 2
+    async with contextlib.AsyncExitStack() as resources_:
+        resources_.push_async_callback(api.close)
+        session = await resources_.enter_async_context(aiohttp.ClientSession())
+        controller = Controller(api, session, settings)
+        if settings.health_listen:
+            health = await _serve_health(controller, settings.health_listen)
+            resources_.push_async_callback(health.cleanup)
+        running = asyncio.create_task(controller.run())
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait([running, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        if running.done() and not running.cancelled() and running.exception():
+            logger.error("the controller stopped: %r", running.exception())
+            return 1
+    return 0

@@ -1,0 +1,215 @@
+"""sluice on the test cluster: its CRDs, its controller as a process with the ServiceAccount
+token of manifests/rbac, routers as process pods, and the objects a user writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "manifests" / "crds"
+RBAC_DIR = ROOT / "manifests" / "rbac"
+ESTABLISH_TIMEOUT_S = 30.0
+
+
+def read_crd(extensions: client.ApiextensionsV1Api, name: str) -> dict[str, Any]:
+    """The CRD as raw JSON, to compare with the committed YAML as it is."""
+    response = extensions.read_custom_resource_definition(name, _preload_content=False)
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
+
+
+def condition(crd: dict[str, Any], type_: str) -> str | None:
+    conditions = crd.get("status", {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == type_), None)
+
+
+def _gone(extensions: client.ApiextensionsV1Api, name: str) -> bool:
+    try:
+        read_crd(extensions, name)
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
+
+
+def _poll(predicate: Any, *, what: str, timeout_s: float = ESTABLISH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def installed_crds(api: client.ApiClient) -> Iterator[list[dict[str, Any]]]:
+    """The committed CRDs, created and Established; deleted (and waited for) afterwards."""
+    import yaml
+
+    documents = [yaml.safe_load(path.read_text()) for path in sorted(CRD_DIR.glob("*.yaml"))]
+    extensions = client.ApiextensionsV1Api(api)
+    created = []
+    try:
+        for document in documents:
+            extensions.create_custom_resource_definition(document)
+            created.append(document["metadata"]["name"])
+        for name in created:
+            _poll(lambda name=name: condition(read_crd(extensions, name), "Established")
+                  == "True", what=f"CRD {name} to be Established")
+        yield [read_crd(extensions, name) for name in created]
+    finally:
+        for name in created:
+            extensions.delete_custom_resource_definition(name)
+        for name in created:
+            _poll(lambda name=name: _gone(extensions, name), what=f"{name} deleted")
+
+
+# -- the controller, as a process with the ServiceAccount of manifests/rbac ---------------------
+
+CONTROLLER = "sluice-controller"
+ROUTER_TOKEN = "router-admin-token-for-tests"
+
+
+def rbac_documents(namespace: str) -> list[dict[str, Any]]:
+    """manifests/rbac's ServiceAccount, ClusterRole and binding, the account in ``namespace``
+    and the cluster-scoped names made unique to it (tests run one controller each)."""
+    import yaml
+
+    documents = [document for path in (RBAC_DIR / "serviceaccount.yaml",
+                                       RBAC_DIR / "clusterrole.yaml")
+                 for document in yaml.safe_load_all(path.read_text())]
+    for document in documents:
+        metadata = document["metadata"]
+        if "namespace" in metadata:
+            metadata["namespace"] = namespace
+        else:
+            metadata["name"] = f"{metadata['name']}-{namespace}"
+        for subject in document.get("subjects", []):
+            subject["namespace"] = namespace
+        if "roleRef" in document:
+            document["roleRef"]["name"] = f"{document['roleRef']['name']}-{namespace}"
+    return documents
+
+
+class ControllerProcess:
+    """``sluice controller -n NAMESPACE`` as a subprocess, authenticated as the ServiceAccount
+    that manifests/rbac binds: whatever it does, those permissions allow."""
+
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str) -> None:
+        from kubernetes import utils
+
+        from tests import procs
+
+        self.cluster = cluster
+        self.namespace = namespace
+        self.documents = rbac_documents(namespace)
+        with cluster.api_client() as api:
+            for document in self.documents:
+                utils.create_from_dict(api, document)
+            self.token = client.CoreV1Api(api).create_namespaced_service_account_token(
+                CONTROLLER, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+            _poll(lambda: _can_watch_policies(api, namespace), what="RBAC to take effect")
+        self.kubeconfig = work_dir / f"controller-{namespace}.kubeconfig"
+        self.kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sluice",
+            "clusters": [{"name": "test", "cluster": {
+                "server": cluster.server, "certificate-authority": str(cluster.ca_file)}}],
+            "users": [{"name": CONTROLLER, "user": {"token": self.token}}],
+            "contexts": [{"name": "sluice", "context": {"cluster": "test", "user": CONTROLLER,
+                                                        "namespace": namespace}}],
+        }))
+        self.health_port = procs.free_port()
+        self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
+                     str(self.kubeconfig), "-n", namespace, "--health-listen",
+                     f"127.0.0.1:{self.health_port}", *args]
+        self.proc: Any = None
+        self.start()
+
+    def start(self) -> None:
+        from tests import procs
+
+        self.proc = procs.Proc.start(self.argv, ready_url=f"http://127.0.0.1:{self.health_port}"
+                                     "/readyz", cwd=str(ROOT), timeout=60.0)
+
+    def stop(self) -> None:
+        self.proc.close()
+
+    def close(self) -> None:
+        self.stop()
+        with self.cluster.api_client() as api:
+            rbac = client.RbacAuthorizationV1Api(api)
+            for document in self.documents:
+                name = document["metadata"]["name"]
+                with contextlib.suppress(ApiException):
+                    if document["kind"] == "ClusterRole":
+                        rbac.delete_cluster_role(name)
+                    elif document["kind"] == "ClusterRoleBinding":
+                        rbac.delete_cluster_role_binding(name)
+
+
+def _can_watch_policies(api: client.ApiClient, namespace: str) -> bool:
+    review = client.AuthorizationV1Api(api).create_subject_access_review({"spec": {
+        "user": f"system:serviceaccount:{namespace}:{CONTROLLER}",
+        "resourceAttributes": {"verb": "watch", "group": "sluice.dev",
+                               "resource": "scalingpolicies", "namespace": namespace}}})
+    return bool(review.status.allowed)
+
+
+# -- what a user writes ------------------------------------------------------------------------
+
+KWOK_SCHEDULING = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists",
+                     "effect": "NoSchedule"}],
+}
+
+
+def scaling_policy(name: str, service: str, revision: str, scale_target: dict[str, str],
+                   **policy: Any) -> dict[str, Any]:
+    return {"apiVersion": "sluice.dev/v1alpha1", "kind": "ScalingPolicy",
+            "metadata": {"name": name},
+            "spec": {"service": service, "revision": revision, "scaleTargetRef": scale_target,
+                     **policy}}
+
+
+def router_secret(token: str = ROUTER_TOKEN) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-router-admin"},
+            "stringData": {"token": token}}
+
+
+def router_deployment(service: str, table_file: Path, token: str = ROUTER_TOKEN,
+                      replicas: int = 1) -> dict[str, Any]:
+    """The router beside an InferenceService, its pods run by the process kubelet; the initial
+    table (``table_file``) names the service's revisions with no endpoint."""
+    from tests.k8s import process_kubelet
+
+    labels = {"app.kubernetes.io/name": "sluice-router", "sluice.dev/service": service}
+    command = ["{python}", "-m", "router.main", "--config", str(table_file),
+               "--listen", "{ip}:{port}", "--admin-listen", "{ip}:8081"]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{service}-router", "labels": labels},
+        "spec": {
+            "replicas": replicas, "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, process_kubelet.PROCESS_LABEL: "true"},
+                             "annotations": {
+                                 process_kubelet.COMMAND_ANNOTATION: json.dumps(command)}},
+                "spec": {**KWOK_SCHEDULING, "terminationGracePeriodSeconds": 5,
+                         "containers": [{
+                             "name": "router", "image": "sluice:test",
+                             "env": [{"name": "SLUICE_ADMIN_TOKEN", "value": token}],
+                             "ports": [{"name": "http", "containerPort": 8080},
+                                       {"name": "admin", "containerPort": 8081}],
+                             "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8081},
+                                                "periodSeconds": 1}}]}}}}

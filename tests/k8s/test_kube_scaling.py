@@ -1,0 +1,175 @@
+"""``sluice controller`` on the real control plane: InferenceServices scaled from zero and back.
+
+Every part is real but the kubelet: the apiserver, scheduler and controller-manager (which makes
+the predictor's ReplicaSet and pods), the controller as a subprocess with the ServiceAccount
+token manifests/rbac binds, and behind kwok pods real processes (tests/k8s/process_kubelet.py):
+the router (python -m router.main) and the reference model server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from kubernetes import client
+
+from policies import resources
+from tests.k8s import kserve, sluice, waiting
+from tests.k8s.pods import get_json, is_ready
+
+pytestmark = pytest.mark.k8s
+
+TIMEOUT_S = 90.0
+SERVICE = "fraud"
+PAYLOAD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
+                       "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+
+class Cluster:
+    """The test's namespace as a user sees it: objects in, status and Events out."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create_isvc(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            kserve.GROUP, kserve.VERSION, self.namespace, kserve.PLURAL, document)
+
+    def create_policy(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace,
+            resources.SCALING_POLICY.plural, document)
+
+    def policy(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace,
+            resources.SCALING_POLICY.plural, name)
+
+    def policy_status(self, name: str) -> dict[str, Any]:
+        return self.policy(name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return next((c for c in self.policy_status(name).get("conditions", [])
+                     if c["type"] == type_), {})
+
+    def pods(self, selector: str) -> list[client.V1Pod]:
+        return self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        """events.k8s.io Events with ``reason``, as JSON (the client's models refuse the ones
+        other components write without an eventTime)."""
+        response = client.EventsV1Api(self.api).list_namespaced_event(
+            self.namespace, _preload_content=False)
+        try:
+            listed = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return [e for e in listed["items"] if e.get("reason") == reason]
+
+    def replicas(self, deployment: str) -> int:
+        scale = self.apps.read_namespaced_deployment_scale(deployment, self.namespace)
+        return scale.spec.replicas or 0  # the client reads an omitted 0 as None
+
+
+@pytest.fixture
+def cluster(k8s_cluster, k8s_namespace) -> Iterator[Cluster]:
+    with k8s_cluster.api_client() as api:
+        yield Cluster(api, k8s_namespace)
+
+
+@pytest.fixture
+def controller(k8s_cluster, k8s_namespace, installed_crds, kserve_crd,
+               tmp_path) -> Iterator[sluice.ControllerProcess]:
+    started = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick", "0.5")
+    yield started
+    started.close()
+
+
+def serve_isvc(cluster: Cluster, tmp_path: Path, *, revision: str = "v1",
+               **policy: Any) -> tuple[str, str]:
+    """An InferenceService at zero replicas, its router and its ScalingPolicy; returns the
+    router's URL and the predictor pods' label selector."""
+    isvc = cluster.create_isvc(kserve.inference_service(SERVICE))
+    cluster.apps.create_namespaced_deployment(
+        cluster.namespace, kserve.predictor_deployment(isvc, replicas=0))
+    table = tmp_path / "routes.yaml"
+    table.write_text(yaml.safe_dump({"services": {SERVICE: {"revisions": [
+        {"name": revision, "weight": 100}]}}}))
+    cluster.core.create_namespaced_secret(cluster.namespace, sluice.router_secret())
+    cluster.apps.create_namespaced_deployment(cluster.namespace,
+                                              sluice.router_deployment(SERVICE, table))
+    cluster.create_policy(sluice.scaling_policy(
+        "fraud-v1", SERVICE, revision,
+        {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+         "name": SERVICE},
+        **{"metric": "concurrency", "target": 1, "targetUtilization": 1.0, "minReplicas": 0,
+           "maxReplicas": 3, "initialScale": 0, **policy}))
+    routers = "app.kubernetes.io/name=sluice-router"
+    waiting.until(lambda: any(is_ready(p) for p in cluster.pods(routers)),
+                  timeout_s=TIMEOUT_S, what="the router pod Ready")
+    (router,) = cluster.pods(routers)
+    return f"http://{router.status.pod_ip}:8080", f"app=isvc.{SERVICE}-predictor"
+
+
+async def infer(session: aiohttp.ClientSession, router: str) -> tuple[int, str | None]:
+    async with session.post(f"{router}/v2/models/{SERVICE}/infer", json=PAYLOAD,
+                            headers={"Content-Type": "application/json"}) as response:
+        await response.read()
+        return response.status, response.headers.get("X-Sluice-Revision")
+
+
+async def test_scale_from_zero_serves_the_first_request_then_returns_to_zero(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    router, predictors = serve_isvc(cluster, tmp_path, stableWindowSeconds=6,
+                                    scaleToZeroGraceSeconds=0)
+    deployment = kserve.predictor_name(SERVICE)
+    assert cluster.replicas(deployment) == 0
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        assert await infer(session, router) == (200, "v1")
+    waiting.until(lambda: cluster.policy_status("fraud-v1").get("ready") == 1,
+                  timeout_s=TIMEOUT_S, what="status ready = 1")
+    assert cluster.condition("fraud-v1", "Active")["status"] == "True"
+    assert cluster.condition("fraud-v1", "Ready")["reason"] == "Enforced"
+    waiting.until(lambda: cluster.events("ScaledUp"), timeout_s=TIMEOUT_S,
+                  what="a ScaledUp event")
+    (scaled,) = cluster.events("ScaledUp")
+    assert scaled["regarding"]["name"] == "fraud-v1" and "0 → 1" in scaled["note"]
+
+    # Idle: back to zero, the model server's process gone with its pod.
+    waiting.until(lambda: not cluster.pods(predictors), timeout_s=TIMEOUT_S,
+                  what="the predictor's pods gone")
+    assert cluster.replicas(deployment) == 0
+    waiting.until(lambda: cluster.condition("fraud-v1", "Active").get("reason")
+                  == "ScaledToZero", timeout_s=TIMEOUT_S, what="ScaledToZero")
+    assert cluster.policy_status("fraud-v1")["desired"] == 0
+
+
+async def test_scale_from_zero_answers_300_concurrent_requests_exactly_once(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    router, predictors = serve_isvc(cluster, tmp_path)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        answers = await asyncio.gather(*(infer(session, router) for _ in range(300)))
+    assert collections.Counter(answers) == {(200, "v1"): 300}
+    served: collections.Counter[str] = collections.Counter()
+    for pod in cluster.pods(predictors):  # none is stopped: the stable window is a minute
+        try:  # sluice's probe, not the kubelet's Ready, says which ones serve
+            _, seen = get_json(f"http://{pod.status.pod_ip}:{kserve.PORT}/debug/requests")
+        except OSError:
+            continue  # not listening yet: it has served nothing
+        served.update(seen["ids"])
+    assert len(served) == 300 and set(served.values()) == {1}, "each request reached a replica once"
