@@ -96,13 +96,13 @@ def controller(k8s_cluster, k8s_namespace, installed_crds, kserve_crd,
     started.close()
 
 
-def serve_isvc(cluster: Cluster, tmp_path: Path, *, revision: str = "v1",
-               **policy: Any) -> tuple[str, str]:
+def serve_isvc(cluster: Cluster, tmp_path: Path, *, revision: str = "v1", gpus: int = 0,
+               command: list[str] | None = None, **policy: Any) -> tuple[str, str]:
     """An InferenceService at zero replicas, its router and its ScalingPolicy; returns the
     router's URL and the predictor pods' label selector."""
-    isvc = cluster.create_isvc(kserve.inference_service(SERVICE))
-    cluster.apps.create_namespaced_deployment(
-        cluster.namespace, kserve.predictor_deployment(isvc, replicas=0))
+    isvc = cluster.create_isvc(kserve.inference_service(SERVICE, gpus=gpus))
+    cluster.apps.create_namespaced_deployment(cluster.namespace, kserve.predictor_deployment(
+        isvc, replicas=0, gpus=gpus, command=command, restart_backoff_s=0.5))
     table = tmp_path / "routes.yaml"
     table.write_text(yaml.safe_dump({"services": {SERVICE: {"revisions": [
         {"name": revision, "weight": 100}]}}}))
@@ -173,3 +173,89 @@ async def test_scale_from_zero_answers_300_concurrent_requests_exactly_once(
             continue  # not listening yet: it has served nothing
         served.update(seen["ids"])
     assert len(served) == 300 and set(served.values()) == {1}, "each request reached a replica once"
+
+
+async def test_gpu_capacity_caps_desired_leaves_nothing_pending_and_a_new_node_scales_on(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    """Two nodes of 4 GPUs, 2 GPUs a replica: demand for 8 replicas gets the 4 that fit,
+    CapacityLimited says so, no pod of sluice's waits Pending; a third node lets 2 more run."""
+    make_gpu_node(f"{cluster.namespace}-a", gpus=4)
+    make_gpu_node(f"{cluster.namespace}-b", gpus=4)
+    slow = kserve.model_server_command(SERVICE, "--latency", "60")
+    router, predictors = serve_isvc(cluster, tmp_path, gpus=2, command=slow, maxReplicas=8,
+                                    gpusPerReplica=2)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        demand = [asyncio.create_task(infer(session, router)) for _ in range(8)]
+        try:
+            await waiting.eventually(lambda: cluster.condition("fraud-v1", "CapacityLimited").get(
+                "status") == "True", timeout_s=TIMEOUT_S, what="CapacityLimited")
+            status = cluster.policy_status("fraud-v1")
+            assert status["desired"] == 4, status
+            assert "hold 4 replicas of the 8 wanted" in cluster.condition(
+                "fraud-v1", "CapacityLimited")["message"]
+            await waiting.eventually(lambda: sum(map(running, cluster.pods(predictors))) == 4,
+                          timeout_s=TIMEOUT_S, what="4 predictor pods running")
+            assert cluster.replicas(kserve.predictor_name(SERVICE)) == 4
+            assert not [p.metadata.name for p in cluster.pods(predictors)
+                        if p.status.phase == "Pending"], "sluice left pods Pending"
+
+            make_gpu_node(f"{cluster.namespace}-c", gpus=4)
+            await waiting.eventually(lambda: cluster.policy_status("fraud-v1").get("desired") == 6,
+                          timeout_s=TIMEOUT_S, what="desired 6 once the third node is in")
+            await waiting.eventually(lambda: sum(map(running, cluster.pods(predictors))) == 6,
+                          timeout_s=TIMEOUT_S, what="6 predictor pods running")
+        finally:
+            for request in demand:
+                request.cancel()
+            await asyncio.gather(*demand, return_exceptions=True)
+
+
+async def test_a_crash_looping_predictor_is_replica_failed_and_requests_get_503_at_once(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    crash = ["{python}", "-c", "import sys; print('model weights not found'); sys.exit(3)"]
+    router, _ = serve_isvc(cluster, tmp_path, command=crash, bufferTimeoutSeconds=600)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        async with session.post(f"{router}/v2/models/{SERVICE}/infer", json=PAYLOAD) as first:
+            reason = (await first.json())["error"]
+            assert first.status == 503  # well before bufferTimeoutSeconds
+        assert "CrashLoopBackOff: exited with code 3" in reason
+        waiting.until(lambda: cluster.condition("fraud-v1", "ReplicaFailed").get("status")
+                      == "True", timeout_s=TIMEOUT_S, what="ReplicaFailed in the status")
+        failed = cluster.condition("fraud-v1", "ReplicaFailed")
+        assert failed["reason"] == "CrashLoopBackOff" and "code 3" in failed["message"]
+        async with session.post(f"{router}/v2/models/{SERVICE}/infer", json=PAYLOAD) as again:
+            assert again.status == 503 and "Retry-After" in again.headers
+    waiting.until(lambda: cluster.events("ReplicaFailed"), timeout_s=TIMEOUT_S,
+                  what="a ReplicaFailed event")
+
+
+async def test_apiserver_down_for_30_s_scales_nothing_down_and_routers_keep_serving(
+        k8s_cluster, cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    router, predictors = serve_isvc(cluster, tmp_path, stableWindowSeconds=6,
+                                    scaleToZeroGraceSeconds=0)
+    deployment = kserve.predictor_name(SERVICE)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        assert await infer(session, router) == (200, "v1")
+        waiting.until(lambda: cluster.policy_status("fraud-v1").get("ready") == 1,
+                      timeout_s=TIMEOUT_S, what="one replica ready")
+        answers = []
+        with k8s_cluster.apiserver.stopped():
+            for _ in range(30):  # a request a second for the 30 s the apiserver is away
+                answers.append(await infer(session, router))
+                await asyncio.sleep(1)
+        assert answers == [(200, "v1")] * 30, "the router kept serving its last table"
+        assert cluster.replicas(deployment) == 1, "nothing scaled down"
+        assert sum(map(running, cluster.pods(predictors))) == 1
+        # Back: the controller acts on the cluster again. Idle from here, so to zero it goes,
+        # and the status it writes follows.
+        waiting.until(lambda: cluster.replicas(deployment) == 0, timeout_s=TIMEOUT_S,
+                      what="scaled to zero once idle with the apiserver back")
+        waiting.until(lambda: cluster.condition("fraud-v1", "Active").get("reason")
+                      == "ScaledToZero", timeout_s=TIMEOUT_S, what="status written again")
+
+
+def running(pod: client.V1Pod) -> bool:
+    return pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
