@@ -308,14 +308,15 @@ class Core:
         wanted = revision.replicas_wanted(revision.decision.desired)
         if stale and not (revision.parked or revision.removing):
             wanted = max(wanted, replicas.desired)  # missing data never lowers the count
-        self._scale(revision, wanted, ", ".join(sorted(revision.decision.conditions)))
+        self._scale(revision, wanted, revision.decision.conditions)
 
-    def _scale(self, revision: Revision, wanted: int, why: str) -> None:
+    def _scale(self, revision: Revision, wanted: int, why: Iterable[str]) -> None:
         """Hand ``wanted`` to the revision's replicas; a change is one line in the log."""
         before = revision.replicas.desired
         if wanted != before:
+            said = ", ".join(sorted(why))
             logger.info("%s/%s: %d → %d replicas%s", *revision.key, before, wanted,
-                        f" ({why})" if why else "")
+                        f" ({said})" if said else "")
         revision.replicas.scale(wanted)
 
     # what rollouts steer
@@ -338,7 +339,7 @@ class Core:
         row.floor, row.parked = floor, parked
         desired = row.replicas.desired if row.decision is None else row.decision.desired
         self._scale(row, row.replicas_wanted(desired),
-                    "parked by its rollout" if parked else f"rollout floor {floor}")
+                    ["parked by its rollout" if parked else f"rollout floor {floor}"])
         self._changed()  # a parked revision's reason is in the route table
 
     def set_sticky(self, service: str, sticky: routing.Sticky | None) -> None:

@@ -83,7 +83,10 @@ def tagged(tag: str, proc: Path = Path("/proc")) -> list[int]:
     """This user's processes with ``tag`` in their environment, this one excluded. Zombies have
     no environment left: they are already gone."""
     marker = f"{TAG_ENV}={tag}".encode()
-    uid, me, found = os.getuid(), os.getpid(), []
+    uid, me = os.getuid(), os.getpid()
+    found: list[int] = []
+    if not proc.is_dir():  # not Linux: no way to find them here
+        return found
     for entry in os.scandir(proc):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
