@@ -1,17 +1,27 @@
 # sluice: `make up` runs the local stack, `make test` sets up and runs every test.
 # Both install what they need on a fresh machine and do nothing more when it is there.
 
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+HASH    := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+RUNTIME := $(VENV)/.runtime-$(HASH)
+STAMP   := $(VENV)/.installed-$(HASH)
+# Errors only: setuptools' notes on editable installs are not news at every install.
+PIP     := $(BIN)/pip install -qq --disable-pip-version-check
 
 .PHONY: test lint unit integration k8s bench up test-cluster system-deps clean
 
-$(STAMP): pyproject.toml
+# What running needs: `make up`.
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	rm -f $(VENV)/.runtime-* && touch $@
+
+# And the tools to develop and test it: every other target.
+$(STAMP): $(RUNTIME)
+	$(PIP) -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 system-deps:
@@ -40,7 +50,7 @@ k8s: $(STAMP) test-cluster
 bench: $(STAMP) system-deps
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md
 
-up: $(STAMP)
+up: $(RUNTIME)
 	$(BIN)/sluice up -f examples/local.yaml
 
 clean:

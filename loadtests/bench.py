@@ -8,6 +8,9 @@ fixed small JSON body on two ports, so nothing in the backend is Python):
   keep-alive upstream pool. Rounds are interleaved so drift on a shared machine hits all three.
 - saturation throughput (wrk, closed loop): router vs nginx, with 1 and with 2 worker processes.
 - memory: the router's RSS before and after 10,000 requests wait in its buffer.
+- scale from zero on `sluice up`: poke to start, first response, and the lag from a replica
+  able to answer to the first answer (replicas with a start-up delay, timed by
+  loadtests/replica.py), against probing every readiness period as before.
 
 Results are written to docs/benchmarks.md with the command and the machine they came from.
 """
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtests import rollout_bench, sim_bench
+from loadtests import replica, rollout_bench, sim_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -231,23 +234,28 @@ def router_section(args: argparse.Namespace) -> str:
     return render(args, rows, saturation, before, after)
 
 
-def coldstart_section(args: argparse.Namespace) -> str:
-    """Scale from zero through `sluice up`: poke to replica start, and first response."""
-    revisions = [f"r{i}" for i in range(args.cold_starts)]
+READY_STYLES = {
+    "listens once loaded (as KServe)": ["--listen-after", "{delay}", "--jitter", "0.2", "--"],
+    "listens at once, 503 until loaded": ["--jitter", "0.2", "--", "--startup-delay", "{delay}"],
+}
+"""The two ways a model server comes up, as loadtests/replica.py runs the reference server."""
+PROBING = {"fast probes (default)": {}, "every period (fast_period_s: 0)": {"fast_period_s": 0}}
+"""Readiness probing now, and as it was: every period_s (0.2 s) from the start."""
+
+
+@contextlib.contextmanager
+def local_stack(revisions: list[dict], tick_s: float) -> Iterator[tuple[int, str, Path]]:
+    """`sluice up` on free ports: (router port, status URL, run directory)."""
     port, admin, status_port = free_port(), free_port(), free_port()
-    server = [sys.executable, str(ROOT / "examples" / "model_server.py"), "--port", "{port}"]
-    stack = {
-        "router": {"listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}"},
-        "controller": {"listen": f"127.0.0.1:{status_port}", "tick_s": 10},
-        "services": {"model": {"revisions": [
-            {"name": name, "weight": 1 if name == "r0" else 0, "command": server,
-             "scaling": {"minReplicas": 0, "initialScale": 0}} for name in revisions]}},
-    }
+    stack = {"router": {"listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}"},
+             "controller": {"listen": f"127.0.0.1:{status_port}", "tick_s": tick_s},
+             "services": {"model": {"revisions": revisions}}}
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     (workdir / "stack.yaml").write_text(json.dumps(stack))
-    proc = subprocess.Popen([sys.executable, "-m", "autoscaler.cli", "up", "-f",
+    proc = subprocess.Popen([sys.executable, "-m", "autoscaler.cli", "up", "--quiet", "-f",
                              str(workdir / "stack.yaml"), "--run-dir", str(workdir / "run")],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "XDG_RUNTIME_DIR": str(workdir / "xdg")})
     status_url = f"http://127.0.0.1:{status_port}/status"
     try:
         for _ in range(300):
@@ -255,20 +263,42 @@ def coldstart_section(args: argparse.Namespace) -> str:
                 urllib.request.urlopen(status_url, timeout=1).read()
                 break
             time.sleep(0.1)
-        firsts = []
-        for name in revisions:  # each revision starts at zero: one cold start each
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v2/health/ready", headers={"X-Sluice-Revision": name})
-            began = time.monotonic()
-            urllib.request.urlopen(request, timeout=60).read()
-            firsts.append((time.monotonic() - began) * 1000)
-        rows = json.loads(urllib.request.urlopen(status_url, timeout=5).read())["revisions"]
-        pokes = [r["poke_to_start_ms"] for r in rows if r["poke_to_start_ms"] is not None]
+        yield port, status_url, workdir / "run"
     finally:
         proc.terminate()
         proc.wait(60)
         shutil.rmtree(workdir, ignore_errors=True)
-    return "\n".join([
+
+
+def revision_rows(status_url: str) -> dict[str, dict]:
+    document = json.loads(urllib.request.urlopen(status_url, timeout=5).read())
+    return {row["name"]: row for row in document["revisions"]}
+
+
+def pinned(port: int, revision: str) -> float:
+    """One request pinned to `revision`; the wall-clock time its answer was complete."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/health/ready",
+                                     headers={"X-Sluice-Revision": revision})
+    urllib.request.urlopen(request, timeout=60).read()
+    return time.time()
+
+
+def coldstart_section(args: argparse.Namespace) -> str:
+    """Scale from zero through `sluice up`: poke to replica start, first response, and the first
+    response after the replica could answer it."""
+    revisions = [f"r{i}" for i in range(args.cold_starts)]
+    server = [sys.executable, str(ROOT / "examples" / "model_server.py"), "--port", "{port}"]
+    firsts = []
+    with local_stack([{"name": name, "weight": 1 if name == "r0" else 0, "command": server,
+                       "scaling": {"minReplicas": 0, "initialScale": 0}}
+                      for name in revisions], tick_s=10) as (port, status_url, _):
+        for name in revisions:  # each revision starts at zero: one cold start each
+            began = time.time()
+            firsts.append((pinned(port, name) - began) * 1000)
+        pokes = [row["poke_to_start_ms"] for row in revision_rows(status_url).values()
+                 if row["poke_to_start_ms"] is not None]
+    lags = after_ready(args)
+    lines = [
         "## Autoscaler: scale from zero on the local stack", "",
         f"Made by `{args.command}` on {time.strftime('%Y-%m-%d')}: {len(revisions)} revisions "
         "at zero replicas, one request each (pinned), replicas are the reference model server "
@@ -278,7 +308,62 @@ def coldstart_section(args: argparse.Namespace) -> str:
         f"| poke → replica start requested | {statistics.median(pokes):.1f} | {max(pokes):.1f} "
         f"| ≤ 100 ({'met' if max(pokes) <= 100 else 'MISSED'}) |",
         f"| request at zero → response | {statistics.median(firsts):.0f} | {max(firsts):.0f} "
-        "| (replica start-up bound) |", ""])
+        "| (replica start-up bound) |", "",
+        "### The last 0.1 s: from a replica able to answer to the first answer", "",
+        f"Each row: {args.cold_starts} cold starts of one revision, pinned requests at zero, "
+        f"a start-up delay of {args.start_delay:g} s plus up to 0.2 s at random (real loading "
+        "times vary; a fixed one meets a periodic probe at the same moment every time), back "
+        "to zero between starts. *Able to "
+        "answer* is the replica's own clock: the moment it logged `ready on …` "
+        "(loadtests/replica.py); the lag is the first response minus that, covering the "
+        "probe, publishing the route table and the router releasing the request. The first "
+        "start of a revision has no learned start-up time; later ones are probed densest "
+        "around it.", "",
+        "| replica | probing | first start ms | median ms | max ms | median / baseline | goal |",
+        "|---|---|---|---|---|---|---|"]
+    fast, baseline = PROBING
+    for (style, probing), samples in lags.items():
+        median = statistics.median(samples)
+        ratio = median / statistics.median(lags[style, baseline])
+        goal = f"≤ 100 ({'met' if median <= 100 else 'MISSED'})" if probing == fast else ""
+        lines.append(f"| {style} | {probing} | {samples[0]:.0f} | {median:.0f} | "
+                     f"{max(samples):.0f} | {ratio:.2f} | {goal} |")
+    return "\n".join([*lines, ""])
+
+
+def after_ready(args: argparse.Namespace) -> dict[tuple[str, str], list[float]]:
+    """Per (server style, probing): milliseconds from the replica able to answer to the first
+    response, over repeated cold starts of one revision."""
+    kinds = [(style, probing) for style in READY_STYLES for probing in PROBING]
+    revisions = []
+    for index, (style, probing) in enumerate(kinds):
+        arguments = [a.replace("{delay}", f"{args.start_delay:g}") for a in READY_STYLES[style]]
+        revisions.append({
+            "name": f"s{index}", "weight": 100 if index == 0 else 0,
+            "command": [sys.executable, "-m", "loadtests.replica", *arguments, "--port",
+                        "{port}"],
+            "readiness": PROBING[probing],
+            "scaling": {"minReplicas": 0, "initialScale": 0, "stableWindowSeconds": 6,
+                        "scaleToZeroGraceSeconds": 0}})
+    lags: dict[tuple[str, str], list[float]] = {kind: [] for kind in kinds}
+    with local_stack(revisions, tick_s=1) as (port, status_url, run_dir):
+        for _ in range(args.cold_starts):
+            deadline = time.monotonic() + 120
+            while any(row["desired"] or row["ready"]
+                      for row in revision_rows(status_url).values()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("revisions did not return to zero")
+                time.sleep(0.2)
+            for index, kind in enumerate(kinds):  # one at a time: starts do not share the CPU
+                began = time.time()
+                answered = pinned(port, f"s{index}")
+                log = max(run_dir.glob(f"model-s{index}-*.log"), key=lambda p: p.stat().st_mtime)
+                able = replica.ready_at(log)
+                if able is None or able < began:
+                    raise RuntimeError(f"no ready time in {log}")
+                lags[kind].append((answered - able) * 1000)
+                print("after ready", kind, f"{lags[kind][-1]:.0f} ms", file=sys.stderr)
+    return lags
 
 
 CLI_COMMANDS = (["--help"], ["status", "--once"], ["rollout", "status"], ["simulate", "--help"])
@@ -348,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturation-seconds", type=int, default=10)
     parser.add_argument("--buffered", type=int, default=10_000)
     parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--start-delay", type=float, default=1.0,
+                        help="seconds a replica takes to load in the scale-from-zero lag rows")
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}

@@ -77,6 +77,11 @@ class Command(enum.StrEnum):
     RESUME = "resume"
 
 
+RESTORE = "restore"
+"""What a person can ask of a rollout that has ended: its service's revisions get the weights
+they had before it, none parked. Not a Command: the state machine is over by then."""
+
+
 class Judge(enum.StrEnum):
     """Which judge turns measurements into verdicts (policies/judges.py)."""
 

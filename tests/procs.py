@@ -69,6 +69,23 @@ def alive(pids: set[int]) -> list[int]:
     return running
 
 
+def cmdline(pid: int) -> str:
+    """The process's command line, arguments joined by spaces ("" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def wait_gone(pids: set[int], within_s: float = 30.0) -> list[int]:
+    """Wait until none of ``pids`` runs; those still running after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while (running := alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
+
+
 class ProcError(RuntimeError):
     """A process exited early or never became ready; the message ends with its output."""
 

@@ -24,6 +24,14 @@ deciding underneath, so its state stays warm when a hold ends.
 Decider state goes to the StateStore after every decision, so a new core, in this process or
 another, resumes from it; times in it are on ``clock``, which must be wall-clock seconds (kept
 from going backwards) wherever state outlives the process.
+
+Missing load (no router reported a revision: routers restarting or unreachable) is no reason to
+scale: a tick without a revision's load leaves its replicas as they are (a revision never
+decided yet gets its policy's initial count), and no decision lowers a revision's count while
+its load is older than ``load_stale_s``. That load then expires: a stale ``buffered`` drives no
+decision (a poke's own count still starts replicas), status shows none and says LoadMissing.
+Silence may be traffic no router could count, so it never scales a revision to zero; when the
+routers answer again, the decider acts on what they say, down as well as up.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ from policies import decider, routing, scaling, wire
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+PUBLISH_RETRY_S = 0.5
+"""Seconds between attempts to publish a table the routers did not take."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,8 @@ class Revision:
     state: Any
     decision: decider.ScalingDecision | None = None
     load: ports.RevisionLoad = ports.NO_LOAD
+    load_at: float = 0.0
+    """When ``load`` was reported (on the core's clock); when the revision was added, before."""
     poke_to_start_ms: float | None = None
     """From the router's poke to a replica start requested, the last time a poke started one."""
     floor: int = 0
@@ -146,7 +159,7 @@ class Core:
     def __init__(self, *, capacity: ports.Capacity, publisher: ports.RoutePublisher | None = None,
                  load: ports.LoadSource | None = None, store: ports.StateStore | None = None,
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0,
-                 decider_: Decider[Any] = SLUICE) -> None:
+                 decider_: Decider[Any] = SLUICE, load_stale_s: float | None = None) -> None:
         self.capacity = capacity
         self.publisher = publisher
         self.load_source = load
@@ -154,6 +167,8 @@ class Core:
         self.clock = clock or MonotonicWallClock()
         self.tick_s = tick_s
         self.decider = decider_
+        self.load_stale_s = 3 * tick_s if load_stale_s is None else load_stale_s
+        """Seconds after which a revision's last reported load expires (module docstring)."""
         self.revisions: dict[ports.Key, Revision] = {}
         self.service_sticky: dict[str, routing.Sticky] = {}
         """Each service's own stickiness, as its driver declares it."""
@@ -185,7 +200,8 @@ class Core:
         state = self.store.load(ports.StateKey.scaling(target.key), self.decider.state_type)
         if state is None:
             state = self.decider.fresh()
-        self.revisions[target.key] = Revision(target, replicas, target.weight, state)
+        self.revisions[target.key] = Revision(target, replicas, target.weight, state,
+                                              load_at=self.clock())
         self._changed()
 
     def remove(self, key: ports.Key, *, keep_replicas: bool = False) -> None:
@@ -255,15 +271,23 @@ class Core:
         self.step(loads)
 
     def step(self, loads: Mapping[ports.Key, ports.RevisionLoad]) -> None:
-        """Decide every revision on these loads (a revision missing keeps its last)."""
+        """Decide every revision on these loads; one missing holds (module docstring)."""
+        now = self.clock()
         for key, revision in list(self.revisions.items()):
-            revision.load = loads.get(key, revision.load)
-            if revision.removing:
+            load = loads.get(key)
+            if load is not None:
+                revision.load, revision.load_at = load, now
+            elif self._stale(revision, now):
+                revision.load = ports.NO_LOAD
+            if revision.removing or (load is None and revision.decision is not None):
                 continue
             try:
                 self._decide(revision)
             except Exception:  # one revision's failure must not starve the others
                 logger.exception("deciding %s/%s failed", *key)
+
+    def _stale(self, revision: Revision, now: float) -> bool:
+        return now - revision.load_at > self.load_stale_s
 
     def on_poke(self, poke: wire.Poke) -> None:
         revision = self.revisions.get((poke.service, poke.revision))
@@ -276,13 +300,28 @@ class Core:
 
     def _decide(self, revision: Revision, buffered: int = 0) -> None:
         target, replicas = revision.target, revision.replicas
+        now = self.clock()
+        stale = self._stale(revision, now)
         inputs = scaling_inputs(
-            self.clock(), target.policy, revision.load, replicas.counts(), buffered=buffered,
-            free_gpus=self.capacity.free_gpus(target), cold_starts=replicas.take_cold_starts())
+            now, target.policy, ports.NO_LOAD if stale else revision.load, replicas.counts(),
+            buffered=buffered, free_gpus=self.capacity.free_gpus(target),
+            cold_starts=replicas.take_cold_starts())
         revision.decision, revision.state = self.decider.decide(inputs, revision.state,
                                                                 target.policy)
         self.store.save(ports.StateKey.scaling(revision.key), revision.state)
-        replicas.scale(revision.replicas_wanted(revision.decision.desired))
+        wanted = revision.replicas_wanted(revision.decision.desired)
+        if stale and not (revision.parked or revision.removing):
+            wanted = max(wanted, replicas.desired)  # missing data never lowers the count
+        self._scale(revision, wanted, revision.decision.conditions)
+
+    def _scale(self, revision: Revision, wanted: int, why: Iterable[str]) -> None:
+        """Hand ``wanted`` to the revision's replicas; a change is one line in the log."""
+        before = revision.replicas.desired
+        if wanted != before:
+            said = ", ".join(sorted(why))
+            logger.info("%s/%s: %d → %d replicas%s", *revision.key, before, wanted,
+                        f" ({said})" if said else "")
+        revision.replicas.scale(wanted)
 
     # what rollouts steer
 
@@ -303,7 +342,8 @@ class Core:
             return
         row.floor, row.parked = floor, parked
         desired = row.replicas.desired if row.decision is None else row.decision.desired
-        row.replicas.scale(row.replicas_wanted(desired))
+        self._scale(row, row.replicas_wanted(desired),
+                    ["parked by its rollout" if parked else f"rollout floor {floor}"])
         self._changed()  # a parked revision's reason is in the route table
 
     def set_sticky(self, service: str, sticky: routing.Sticky | None) -> None:
@@ -338,19 +378,27 @@ class Core:
         self._changed()
 
     async def _publish_forever(self) -> None:
+        failures = 0
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             changes = self._changes
             try:
                 await self.publish()
-                async with self._publishes:
-                    self._published_changes = changes
-                    self._publishes.notify_all()
-            except Exception:  # routers restarting or unreachable: keep the replicas, retry
-                logger.warning("publishing routes failed; retrying", exc_info=True)
-                await asyncio.sleep(0.5)
+            except Exception as error:  # routers restarting or unreachable: keep the replicas
+                if not failures:  # one line per outage, not one per retry
+                    logger.warning("publishing routes failed (%s); retrying every %g s",
+                                   str(error) or repr(error), PUBLISH_RETRY_S)
+                failures += 1
+                await asyncio.sleep(PUBLISH_RETRY_S)
                 self._dirty.set()
+                continue
+            if failures:
+                logger.info("routes published again after %d failed attempts", failures)
+                failures = 0
+            async with self._publishes:
+                self._published_changes = changes
+                self._publishes.notify_all()
 
     async def publish(self) -> None:
         """Publish the table if it changed, then release what left it."""
@@ -384,26 +432,42 @@ class Core:
             return None
         return routing.RouteTable(services={
             name: routing.Service(
-                revisions=[routing.Revision(
-                    name=r.target.revision, weight=r.weight, endpoints=r.replicas.endpoints(),
-                    concurrency=r.target.concurrency,
-                    unavailable=r.replicas.failure or r.parked) for r in rows],
+                revisions=[self._route(r) for r in rows],
                 buffer=routing.Buffer(
                     depth=max(r.target.policy.buffer_depth for r in rows),
                     timeout_s=max(r.target.policy.buffer_timeout_s for r in rows)),
                 sticky=self.rollout_sticky.get(name, self.service_sticky.get(name)))
             for name, rows in services.items()})
 
+    @staticmethod
+    def _route(revision: Revision) -> routing.Revision:
+        """One revision's row of the route table: everything the routers are told about it is
+        derived here, from its target, policy, replicas and the rollout's hold."""
+        return routing.Revision(
+            name=revision.target.revision, weight=revision.weight,
+            endpoints=revision.replicas.endpoints(), concurrency=revision.target.concurrency,
+            unavailable=revision.replicas.failure or revision.parked,
+            # The pace at which a router releases the buffer to endpoints with no hard
+            # concurrency limit (issue 12, item 5) goes here, derived from
+            # revision.target.policy (e.g. its concurrency target), once routing.Revision has
+            # the field.
+        )
+
     # reporting and stopping
 
     def status(self) -> list[RevisionStatus]:
         rows = []
+        now = self.clock()
         for (service, name), revision in self.revisions.items():
             if revision.removing:
                 continue
             decision, load, replicas = revision.decision, revision.load, revision.replicas
             counts = replicas.counts()
             conditions = sorted(str(c) for c in decision.conditions) if decision else []
+            if self._stale(revision, now):
+                load = ports.NO_LOAD
+                conditions.append(f"LoadMissing: no load reported for "
+                                  f"{now - revision.load_at:.0f} s")
             if replicas.failure:
                 conditions.append(f"ReplicaFailed: {replicas.failure}")
             if revision.parked:

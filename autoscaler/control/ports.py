@@ -67,6 +67,7 @@ class RevisionLoad:
     inflight: int = 0
     buffered: int = 0
     p99_ms: float | None = None
+    """Over the last minute or so; None when nothing was answered in it."""
     requests: int = 0
     errors: int = 0
 

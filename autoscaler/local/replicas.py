@@ -5,33 +5,57 @@ One replica's life::
     starting ──probe 2xx──▶ ready ──scale down──▶ draining ──routes published──▶ stopping ─▶ gone
        │ exits, or not ready in time                 (leaves the route table      SIGTERM, drain
        ▼                                              before it is signalled)      time, SIGKILL
-    crashed: replaced after a backoff (1, 2, 4 … 30 s); the revision says why
+    crashed: replaced at once the first time, then after 1, 2, 4 … 30 s (children.Backoff)
 
-Readiness is probed every ``readiness.period_s`` (0.2 s, as Knative's activator), so a replica
-joins the routers within a fifth of a second of being able to serve. Replicas run in their own
-process group, so stopping one stops whatever it spawned.
+A replica that dies is replaced while the router holds its revision's requests, as at zero. The
+revision is *unavailable* (the router answers its requests 503 at once, with ``failure`` as the
+reason) only when replicas cannot be had: its command cannot be run, a replica exits or times
+out before it is ready, or ready replicas crashed ``CRASH_LOOP`` times in a row; and only while
+no other replica of it is starting or ready. ``failure`` is a sentence of ours: a replica's log
+may hold addresses and secrets, so its last line goes to the console, never to a client.
+
+Readiness: while a replica starts, a probe is a bare TCP connect plus ``GET <path>``. While
+nothing listens on its port the connect is refused, which costs microseconds, so it is retried
+every ``fast_period_s`` (10 ms): a server that listens once its model is loaded (as KServe's
+does) is ready within that of listening. A server that answers but is not ready yet is probed
+less often the further the start is from when this revision's replicas usually become ready
+(``next_probe_in``), between ``fast_period_s`` and ``period_s``. No replica starting, no probe.
+
+Replicas run in sessions of their own, tagged and signalled if ``sluice up`` dies
+(autoscaler/local/children.py), so stopping one stops whatever it spawned and none outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
+import logging
 import os
 import signal
 import socket
+import statistics
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from autoscaler.control import ports
-from autoscaler.local import gpus, stack
+from autoscaler.local import children, gpus, stack
+
+logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+CRASH_LOOP = 3
+"""Crashes in a row, each within a minute of its start, after which a revision whose replicas
+became ready is unavailable all the same."""
+PROBE_SLOPE = 0.25
+"""Seconds between probes per second from the expected ready time: probes are densest when a
+replica is expected to become ready."""
+STARTS_REMEMBERED = 5
+"""Recent start-up times whose median is when the next replica is expected to be ready."""
 
 
 class State(enum.StrEnum):
@@ -41,6 +65,12 @@ class State(enum.StrEnum):
     STOPPING = "stopping"
 
 
+class Probe(enum.Enum):
+    REFUSED = "nothing listens"
+    NOT_READY = "answers, not ready"
+    READY = "ready"
+
+
 @dataclass(eq=False)
 class Replica:
     port: int
@@ -48,6 +78,7 @@ class Replica:
     started_at: float
     state: State = State.STARTING
     ready_at: float | None = None
+    timed_out: bool = False
     process: asyncio.subprocess.Process | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -61,22 +92,28 @@ class RevisionReplicas:
     control/ports.py."""
 
     def __init__(self, service: str, spec: stack.RevisionSpec, pool: gpus.GpuPool,
-                 session: aiohttp.ClientSession, log_dir: Path,
-                 on_change: Callable[[], None]) -> None:
+                 log_dir: Path, on_change: Callable[[], None], tag: str) -> None:
         self.service = service
         self.spec = spec
         self.pool = pool
-        self.session = session
         self.log_dir = log_dir
         self.on_change = on_change
+        self.tag = tag
         self.loop = asyncio.get_running_loop()
         self.desired = 0
         self.replicas: list[Replica] = []
         self.failure: str | None = None
         self.restarts = 0
-        self._crashes_in_a_row = 0
+        self._backoff = children.Backoff(max_s=MAX_BACKOFF_S)
         self._next_start_at = 0.0
+        self._restart: asyncio.TimerHandle | None = None
         self._cold_starts: list[float] = []
+        self._recent_starts: collections.deque[float] = collections.deque(
+            maxlen=STARTS_REMEMBERED)
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}/{self.spec.name}"
 
     # what the controller reads
 
@@ -103,7 +140,7 @@ class RevisionReplicas:
     def scale(self, desired: int) -> None:
         """Start or retire replicas toward `desired`; retired ready ones drain first."""
         self.desired = desired
-        live = [r for r in self.replicas if r.state in (State.STARTING, State.READY)]
+        live = self._live()
         surplus = len(live) - desired
         if surplus > 0:
             # Starting replicas serve nobody yet: retire those first, newest first.
@@ -115,6 +152,8 @@ class RevisionReplicas:
                     replica.state = State.DRAINING
             self.on_change()
         now = self.loop.time()
+        if len(live) < desired and now < self._next_start_at and self._restart is None:
+            self._restart = self.loop.call_at(self._next_start_at, self._restart_due)
         while len(live) < desired and now >= self._next_start_at:
             taken = self.pool.take(self.gpus_per_replica) if self.gpus_per_replica else ()
             if taken is None:
@@ -132,12 +171,21 @@ class RevisionReplicas:
 
     async def close(self) -> None:
         self.desired = 0
+        if self._restart is not None:
+            self._restart.cancel()
         for replica in self.replicas:
             if replica.state != State.STOPPING:
                 self._stop(replica)
         tasks = [t for r in self.replicas for t in r.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=self.spec.drain_timeout_s + 5)
+
+    def _live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state in (State.STARTING, State.READY)]
+
+    def _restart_due(self) -> None:
+        self._restart = None
+        self.scale(self.desired)
 
     # one replica
 
@@ -150,43 +198,65 @@ class RevisionReplicas:
         log_path = self.log_dir / f"{self.service}-{self.spec.name}-{replica.port}.log"
         try:
             with log_path.open("ab") as log:
-                replica.process = await asyncio.create_subprocess_exec(
-                    *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                replica.process = await children.spawn(argv, tag=self.tag, log=log, env=env)
         except OSError as error:
-            self._crashed(replica, f"cannot start {argv[0]!r}: {error.strerror or error}")
+            why = error.strerror or str(error)
+            logger.warning("%s: cannot run %r: %s", self.name, argv[0], why)
+            self._crashed(replica, f"its command cannot be run ({why})")
             return
+        logger.info("%s: replica :%d starting (pid %d)", self.name, replica.port,
+                    replica.process.pid)
         if await self._became_ready(replica):
             replica.state = State.READY
             replica.ready_at = self.loop.time()
-            self._cold_starts.append(replica.ready_at - replica.started_at)
-            self._crashes_in_a_row = 0
+            took = replica.ready_at - replica.started_at
+            self._cold_starts.append(took)
+            self._recent_starts.append(took)
             self.failure = None
+            logger.info("%s: replica :%d ready after %.2f s", self.name, replica.port, took)
             self.on_change()
         code = await replica.process.wait()
-        if replica.state in (State.STARTING, State.READY):
-            self._crashed(replica, f"replica exited with code {code}: {_last_line(log_path)}")
+        ran = self.loop.time() - replica.started_at
+        said = f"{children.describe_exit(code)}: {last_line(log_path)}"
+        if replica.state is State.STARTING:
+            if replica.timed_out:
+                logger.warning("%s: replica :%d not ready within %g s (GET %s); killed",
+                               self.name, replica.port, self.spec.readiness.start_timeout_s,
+                               self.spec.readiness.path)
+                why = (f"its replica is not ready within {self.spec.readiness.start_timeout_s:g}"
+                       " s")
+            else:
+                logger.warning("%s: replica :%d exits before it is ready (%s)", self.name,
+                               replica.port, said)
+                why = f"its replica exits before it is ready ({children.describe_exit(code)})"
+            self._crashed(replica, why, ran)
+        elif replica.state is State.READY:
+            logger.warning("%s: replica :%d crashed after %.1f s (%s)", self.name, replica.port,
+                           ran, said)
+            self._crashed(replica, f"its replicas keep crashing ({children.describe_exit(code)})",
+                          ran, ready=True)
         else:
+            logger.info("%s: replica :%d stopped (%s)", self.name, replica.port,
+                        children.describe_exit(code))
             self._gone(replica)
 
     async def _became_ready(self, replica: Replica) -> bool:
         readiness = self.spec.readiness
-        url = replica.url + readiness.path
-        timeout = aiohttp.ClientTimeout(total=readiness.timeout_s)
         deadline = replica.started_at + readiness.start_timeout_s
+        expected = statistics.median(self._recent_starts) if self._recent_starts else 0.0
         process = replica.process
         assert process is not None
         while replica.state == State.STARTING and process.returncode is None:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self.session.get(url, timeout=timeout) as response:
-                    if 200 <= response.status < 300:
-                        return True
-            if self.loop.time() > deadline:
+            outcome = await probe(replica.port, readiness.path, readiness.timeout_s)
+            if outcome is Probe.READY:
+                return True
+            now = self.loop.time()
+            if now > deadline:
+                replica.timed_out = True
                 self._kill(replica)
-                self.failure = (f"replica not ready within {readiness.start_timeout_s:g} s "
-                                f"(GET {readiness.path})")
                 return False
-            await asyncio.sleep(readiness.period_s)
+            await asyncio.sleep(next_probe_in(outcome, now - replica.started_at, expected,
+                                              readiness))
         return False
 
     def _stop(self, replica: Replica) -> None:
@@ -195,11 +265,14 @@ class RevisionReplicas:
         if process is None or process.returncode is not None:
             return
         _signal_group(process, signal.SIGTERM)
+        drain_s = self.spec.drain_timeout_s
 
         async def kill_after_drain() -> None:
             try:
-                await asyncio.wait_for(process.wait(), self.spec.drain_timeout_s)
+                await asyncio.wait_for(process.wait(), drain_s)
             except TimeoutError:
+                logger.warning("%s: replica :%d still running %g s after SIGTERM; killing it",
+                               self.name, replica.port, drain_s)
                 _signal_group(process, signal.SIGKILL)
 
         self._spawn(replica, kill_after_drain())
@@ -208,13 +281,20 @@ class RevisionReplicas:
         if replica.process is not None and replica.process.returncode is None:
             _signal_group(replica.process, signal.SIGKILL)
 
-    def _crashed(self, replica: Replica, reason: str) -> None:
-        self.failure = reason
+    def _crashed(self, replica: Replica, why: str, ran_s: float = 0.0,
+                 ready: bool = False) -> None:
+        """A replica the revision wanted is gone: replace it after the backoff, and say the
+        revision is unavailable if replicas cannot be had (see the module docstring)."""
         self.restarts += 1
-        self._crashes_in_a_row += 1
-        backoff = min(MAX_BACKOFF_S, 2.0 ** (self._crashes_in_a_row - 1))
-        self._next_start_at = self.loop.time() + backoff
+        pause = self._backoff.failed(ran_s)
+        self._next_start_at = self.loop.time() + pause
         self._gone(replica)
+        if not self._live() and (not ready or self._backoff.failures >= CRASH_LOOP):
+            self.failure = f"revision {self.spec.name} is unavailable: {why}"
+        if self.desired > len(self._live()):
+            logger.info("%s: replacing it %s", self.name,
+                        "now" if pause == 0 else f"in {pause:g} s")
+        self.scale(self.desired)
 
     def _gone(self, replica: Replica) -> None:
         if replica in self.replicas:
@@ -228,6 +308,41 @@ class RevisionReplicas:
         task.add_done_callback(replica.tasks.discard)
 
 
+def next_probe_in(outcome: Probe, elapsed_s: float, expected_s: float,
+                  readiness: stack.Readiness) -> float:
+    """Seconds to the next readiness probe of a replica started ``elapsed_s`` ago, when this
+    revision's replicas are usually ready ``expected_s`` after their start (0 when unknown).
+    A refused connection is cheap: retry at the fast period. A server that answers is probed
+    the less often the further from the expected ready time, up to the period."""
+    fast, period = readiness.fast_period_s, readiness.period_s
+    if fast == 0:
+        return period
+    if outcome is Probe.REFUSED:
+        return fast
+    return min(period, max(fast, PROBE_SLOPE * abs(expected_s - elapsed_s)))
+
+
+async def probe(port: int, path: str, timeout_s: float) -> Probe:
+    """One readiness probe of a replica on loopback: nothing listening, not ready, or ready
+    (a 2xx status line)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                status = (await reader.readline()).split(maxsplit=2)
+            finally:
+                writer.close()
+    except ConnectionRefusedError:
+        return Probe.REFUSED
+    except (OSError, TimeoutError):
+        return Probe.NOT_READY
+    ready = (len(status) >= 2 and status[0].startswith(b"HTTP/") and len(status[1]) == 3
+             and status[1].startswith(b"2"))
+    return Probe.READY if ready else Probe.NOT_READY
+
+
 def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
@@ -239,8 +354,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _last_line(path: Path) -> str:
-    """The replica's last words, for the reason shown in status (bounded read)."""
+def last_line(path: Path) -> str:
+    """A log's last line, for the console (bounded read)."""
     try:
         with path.open("rb") as log:
             log.seek(max(0, log.seek(0, os.SEEK_END) - 2048))

@@ -19,12 +19,13 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from autoscaler.rollouts import locate
 from policies import routing, validation
 from policies import scaling as scaling_  # `scaling` is also a field name below
 
@@ -39,8 +40,14 @@ class Readiness(_Model):
     path: str = Field("/v2/health/ready", pattern=r"^/", description=(
         "Readiness path. Default: the Open Inference Protocol's, which KServe servers answer."))
     period_s: float = Field(0.2, gt=0, le=60, description=(
-        "Seconds between probes while starting; 0.2 as Knative's activator probes, so a ready "
-        "replica joins within a fifth of a second."))
+        "Most seconds between probes while a replica starts and its server answers, not ready "
+        "yet; 0.2 as Knative's activator probes. Probes come faster around the time this "
+        "revision's replicas usually become ready (autoscaler/local/replicas.py)."))
+    fast_period_s: float = Field(0.01, ge=0, le=60, description=(
+        "Seconds between probes while nothing listens on a starting replica's port yet (a "
+        "refused connection costs microseconds), and the shortest pause otherwise: a server "
+        "that listens once its model is loaded, as KServe's does, joins within 10 ms of "
+        "listening. 0: probe every period_s only. No probe runs while no replica starts."))
     timeout_s: float = Field(1.0, gt=0, le=60, description="Seconds one probe may take.")
     start_timeout_s: float = Field(600.0, gt=0, le=7200, description=(
         "Seconds a replica may take to become ready before it is restarted; long for model "
@@ -85,7 +92,7 @@ class RouterSpec(_Model):
 
 
 class ControllerSpec(_Model):
-    listen: str = Field("127.0.0.1:8082", pattern=r"^[^:]+:\d+$", description=(
+    listen: str = Field(locate.DEFAULT_CONTROLLER, pattern=r"^[^:]+:\d+$", description=(
         "The controller's API: status (read by `sluice status`) and rollouts (`sluice "
         "rollout`). Loopback only: it can move traffic, so it is never exposed, and its writes "
         "also need the token `sluice up` writes for the CLI."))
@@ -127,6 +134,17 @@ class LocalStack(_Model):
             if not re.match(routing.NAME_PATTERN, name):
                 raise ValueError(f"service name {name!r} is not a DNS label")
         return services
+
+    @pydantic.model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        ports = [listen.rpartition(":")[2] for listen in self.listens().values()]
+        routing.require_unique(ports, "router.listen, router.admin and controller.listen ports")
+        return self
+
+    def listens(self) -> dict[str, str]:
+        """Every address the stack listens on, by the field that sets it."""
+        return {"router.listen": self.router.listen, "router.admin": self.router.admin,
+                "controller.listen": self.controller.listen}
 
 
 def load(path: Path) -> LocalStack:

@@ -7,8 +7,22 @@ by ``sluice status``) and the rollouts (autoscaler/rollouts/api.py, driven by ``
 rollout``), whose writes need the token this process makes and writes to 0600 files for the CLI
 (autoscaler/rollouts/token.py).
 
-Everything it starts is entered into one AsyncExitStack, so Ctrl-C, SIGTERM or any exception
-drains the router, stops every replica and exits, leaving no process behind.
+Crash-only:
+
+- Before anything else it takes a lock per port of the stack (autoscaler/local/lock.py): a
+  second start on the same ports refuses at once with one line, touching nothing of the first.
+  It stops what an earlier run on those ports left running, then checks the ports are free and
+  says who holds one that is not.
+- Everything it starts dies with it, however it dies: a parent-death signal, a tag in every
+  child's environment and a watchdog process (autoscaler/local/children.py, reaper.py).
+- The router is supervised like a replica: restarted with backoff when it dies, and given the
+  route table again (autoscaler/local/router_process.py).
+- Everything it starts is entered into one AsyncExitStack, so Ctrl-C, SIGTERM, SIGHUP (its
+  terminal closed) or an exception drains the router while the replicas still serve, stops every
+  replica and exits, leaving no process behind.
+
+The console gets one timestamped line per event (autoscaler/local/console.py); ``--quiet`` keeps
+only what went wrong.
 """
 
 from __future__ import annotations
@@ -22,15 +36,22 @@ import secrets
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from autoscaler.control import core, ports
-from autoscaler.local import gpus, replicas, stack
+from autoscaler.local import (
+    children,
+    console,
+    gpus,
+    lock,
+    reaper,
+    replicas,
+    router_process,
+    stack,
+)
 from autoscaler.rollouts import api, driver, token
 from autoscaler.sources import prometheus, routers
 
@@ -38,12 +59,9 @@ logger = logging.getLogger(__name__)
 
 CORE = web.AppKey("core", core.Core)
 ROLLOUTS = web.AppKey("status_rollouts", driver.Rollouts)
+ROUTER = web.AppKey("router", router_process.RouterProcess)
 ROLLOUT_SUMMARY = ("service", "stable_revision", "canary_revision", "phase", "step", "steps",
                    "canary_weight", "reason")
-ROUTER_READY_S = 30.0
-"""Seconds the router may take to answer /readyz before ``sluice up`` gives up."""
-ROUTER_DRAIN_S = 40.0
-"""Seconds the router may take to drain on SIGTERM before it is killed."""
 
 
 def up(argv: list[str]) -> int:
@@ -51,6 +69,8 @@ def up(argv: list[str]) -> int:
     parser.add_argument("-f", "--file", type=Path, required=True, help="stack YAML")
     parser.add_argument("--run-dir", type=Path, help="where replica and router logs go "
                                                      "(default: a new temporary directory)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only what goes wrong (crashes, restarts), not every event")
     args = parser.parse_args(argv)
     try:
         spec = stack.load(args.file)
@@ -59,29 +79,56 @@ def up(argv: list[str]) -> int:
         for line in str(error).splitlines():
             print(f"  {line}", file=sys.stderr)
         return 2
-    import uvloop
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sluice: %(message)s")
-    if args.run_dir is not None:
-        args.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="sluice-up-"))
-    return uvloop.run(run_stack(spec, run_dir))
+    console.configure(args.quiet)
+    try:
+        claim = lock.claim(spec.listens(), token.runtime_dir())
+    except lock.Busy as error:
+        print(f"sluice up: {error}", file=sys.stderr)
+        return 1
+    try:
+        for earlier in claim.previous:
+            if stopped := children.reap(earlier.tag):
+                logger.warning("stopped %d processes left running by an earlier sluice up "
+                               "(pid %d, %s)", stopped, earlier.pid, earlier.file)
+        for name, listen in spec.listens().items():
+            if problem := lock.in_use(name, listen):
+                print(f"sluice up: {problem}; stop it, or give this stack other ports",
+                      file=sys.stderr)
+                return 1
+        if args.run_dir is not None:
+            args.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="sluice-up-"))
+        tag = children.new_tag()
+        claim.record(lock.Owner(os.getpid(), tag, str(args.file.resolve()), str(run_dir)))
+        import uvloop
+        return uvloop.run(run_stack(spec, run_dir, tag))
+    finally:
+        claim.release()
 
 
-async def run_stack(spec: stack.LocalStack, run_dir: Path) -> int:
+async def run_stack(spec: stack.LocalStack, run_dir: Path, tag: str | None = None) -> int:
+    tag = tag or children.new_tag()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.set)
     async with contextlib.AsyncExitStack() as resources:
-        router_token = secrets.token_hex(16)
-        router = await _start_router(spec, run_dir, router_token)
-        resources.callback(_kill, router)  # whatever happens next, it does not outlive us
+        watchdog = reaper.Watchdog(tag)
+        await watchdog.start()
+        resources.push_async_callback(watchdog.stop)
+        keeping = asyncio.create_task(watchdog.keep())
+        resources.callback(keeping.cancel)
         session = await resources.enter_async_context(aiohttp.ClientSession())
-        admin = f"http://{spec.router.admin}"
-        if not await _wait_ready(session, admin + "/readyz", router):
-            print(f"sluice up: the router did not start; see {run_dir}/router.log",
+        router_token = secrets.token_hex(16)
+        router = router_process.RouterProcess(spec, run_dir, router_token, tag, session)
+        resources.callback(router.kill)  # whatever happens next, it does not outlive us
+        try:
+            await router.start()
+        except router_process.RouterFailed as error:
+            print(f"sluice up: the router did not start: {error} (see {router.log})",
                   file=sys.stderr)
             return 1
+        admin = f"http://{spec.router.admin}"
         router_client = routers.RouterClient([routers.Router(admin, router_token)], session)
         pool = gpus.GpuPool(gpus.discover() if spec.gpus == "auto" else spec.gpus)
         control = core.Core(capacity=pool, publisher=router_client, load=router_client,
@@ -91,9 +138,10 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path) -> int:
                 control.service_sticky[service_name] = service.sticky
             for revision in service.revisions:
                 control.upsert(_target(service_name, revision), replicas.RevisionReplicas(
-                    service_name, revision, pool, session, run_dir, control.endpoints_changed))
+                    service_name, revision, pool, run_dir, control.endpoints_changed, tag))
         resources.push_async_callback(control.close)
-        resources.push_async_callback(_stop_router, router)  # drains while replicas still serve
+        router.supervise(control.table, control.republish)
+        resources.push_async_callback(router.stop)  # drains while replicas still serve
         metrics = (prometheus.PrometheusSource(spec.controller.prometheus_url,
                                                spec.controller.prometheus_timeout_s)
                    if spec.controller.prometheus_url else None)
@@ -106,12 +154,11 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path) -> int:
                        token.well_known_path(spec.controller.listen)]
         token.write(control_token, token_files)
         resources.callback(token.remove, control_token, token_files)
-        status_site = await _serve_status(control, rollouts, control_token,
+        status_site = await _serve_status(control, rollouts, router, control_token,
                                           spec.controller.listen)
         resources.push_async_callback(status_site.cleanup)
-        print(f"sluice: router http://{spec.router.listen}  admin {admin}  status "
-              f"http://{spec.controller.listen}/status  logs {run_dir}  (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        console.say(f"sluice up: router http://{spec.router.listen}  admin {admin}  status "
+                    f"http://{spec.controller.listen}/status  logs {run_dir}  (Ctrl-C stops)")
         loop_task = await resources.enter_async_context(core.running(control))
         stop_wait = asyncio.create_task(stopping.wait())
         await asyncio.wait([loop_task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -119,6 +166,7 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path) -> int:
         if loop_task.done() and not loop_task.cancelled() and loop_task.exception():
             logger.error("the control loop stopped: %r", loop_task.exception())
             return 1
+        console.say("sluice up: stopping: the router drains, then every replica stops")
     return 0
 
 
@@ -128,62 +176,19 @@ def _target(service: str, revision: stack.RevisionSpec) -> ports.RevisionTarget:
                                 concurrency=revision.concurrency)
 
 
-async def _start_router(spec: stack.LocalStack, run_dir: Path,
-                        router_token: str) -> asyncio.subprocess.Process:
-    routes = {"services": {
-        name: {"revisions": [{"name": r.name, "weight": r.weight} for r in service.revisions]}
-        for name, service in spec.services.items()}}
-    (run_dir / "routes.yaml").write_text(yaml.safe_dump(routes))
-    with (run_dir / "router.log").open("ab") as log:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router.main", "--config", str(run_dir / "routes.yaml"),
-            "--listen", spec.router.listen, "--admin-listen", spec.router.admin,
-            "--workers", str(spec.router.workers),
-            env={**os.environ, "SLUICE_ADMIN_TOKEN": router_token},
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-
-
-async def _wait_ready(session: aiohttp.ClientSession, url: str,
-                      process: asyncio.subprocess.Process) -> bool:
-    deadline = time.monotonic() + ROUTER_READY_S
-    while time.monotonic() < deadline and process.returncode is None:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                if response.status == 200:
-                    return True
-        await asyncio.sleep(0.1)
-    return False
-
-
-def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-
-
-async def _stop_router(router: asyncio.subprocess.Process) -> None:
-    if router.returncode is not None:
-        return
-    router.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(router.wait(), ROUTER_DRAIN_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            router.kill()
-        await router.wait()
-
-
 async def _serve_status(control: core.Core, rollouts: driver.Rollouts,
-                        write_token: str, listen: str) -> web.AppRunner:
+                        router: router_process.RouterProcess, write_token: str,
+                        listen: str) -> web.AppRunner:
     app = web.Application(client_max_size=api.MAX_BODY_BYTES)
     app[CORE] = control
     app[ROLLOUTS] = rollouts
+    app[ROUTER] = router
 
     async def status(request: web.Request) -> web.Response:
         running = [{key: row[key] for key in ROLLOUT_SUMMARY}
                    for row in request.app[ROLLOUTS].status(verdicts=0)]
-        return web.json_response({"revisions": request.app[CORE].status_json(),
+        return web.json_response({"router": request.app[ROUTER].status(),
+                                  "revisions": request.app[CORE].status_json(),
                                   "rollouts": running})
 
     app.router.add_get("/status", status)

@@ -7,6 +7,8 @@
     POST /rollouts                           start one: a RolloutPolicy as JSON (camelCase, as
                                              the YAML), or a Rollout resource with a spec
     POST /rollouts/{service}/{command}       promote | abort | pause | resume
+    POST /rollouts/{service}/restore         after it ended: the weights from before it, none
+                                             parked; answers them as ``weights``
 
 Writes need ``Authorization: Bearer <token>`` (autoscaler/rollouts/token.py): 401 without it.
 A refused write changes nothing and says why: ``{"error": ..., "problems": [{"field", "reason"}]}``
@@ -73,10 +75,12 @@ async def command_rollout(request: web.Request) -> web.Response:
     if denied := _unauthorized(request):
         return denied
     name = request.match_info["command"]
+    if name == rollout.RESTORE:
+        return await _restore(request)
     try:
         command = rollout.Command(name)
     except ValueError:
-        known = ", ".join(c.value for c in rollout.Command)
+        known = ", ".join([*(c.value for c in rollout.Command), rollout.RESTORE])
         return _refused(driver_.RolloutError.field(
             400, "command", f"{name!r} is not one of {known}"))
     try:
@@ -85,6 +89,15 @@ async def command_rollout(request: web.Request) -> web.Response:
     except driver_.RolloutError as error:
         return _refused(error)
     return web.json_response(driver.status(), status=200 if applied else 202)
+
+
+async def _restore(request: web.Request) -> web.Response:
+    rollouts, service = request.app[ROLLOUTS], request.match_info["service"]
+    try:
+        weights = await rollouts.restore(service)
+    except driver_.RolloutError as error:
+        return _refused(error)
+    return web.json_response({**rollouts.get(service).status(), "weights": weights})
 
 
 def _unauthorized(request: web.Request) -> web.Response | None:

@@ -5,10 +5,13 @@
     sluice rollout start -f rollout.yaml      # a RolloutPolicy, or a Rollout resource (spec)
     sluice rollout status [SERVICE] [--json]  # phase, step, weights, reason, last verdicts
     sluice rollout promote|abort|pause|resume SERVICE
+    sluice rollout restore SERVICE            # after it ended: the weights from before it
 
-The controller is at ``--controller`` (default 127.0.0.1:8082, or $SLUICE_CONTROLLER). Writes
-send the token ``sluice up`` wrote for that controller (autoscaler/token.py), or
-the one in ``--token-file`` or $SLUICE_CONTROLLER_TOKEN. A file that is not a valid rollout
+The controller is the one of the stack file given with ``-f`` (before the command:
+``sluice rollout -f examples/local.yaml status``), or at ``--controller`` (host:port or a URL),
+else $SLUICE_CONTROLLER, else 127.0.0.1:8082 (autoscaler/rollouts/locate.py). Writes send the
+token ``sluice up`` wrote for that controller (autoscaler/rollouts/token.py), or the one in
+``--token-file`` or $SLUICE_CONTROLLER_TOKEN. A file that is not a valid rollout
 exits 2 naming the field, before anything is sent; so does a rollout the controller refuses as
 invalid (400). Other refusals (409: one is already running) and an unreachable controller
 exit 1.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -28,10 +30,9 @@ from typing import Any
 
 import yaml
 
-from autoscaler.rollouts import token
+from autoscaler.rollouts import locate, token
 from policies import rollout, validation
 
-DEFAULT_CONTROLLER = "127.0.0.1:8082"
 TIMEOUT_S = 30.0
 """A command is answered once applied (the API waits up to 15 s for it)."""
 MAX_FILE_BYTES = 1 << 20
@@ -49,9 +50,12 @@ class Refused(Exception):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sluice rollout", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--controller", default=os.environ.get("SLUICE_CONTROLLER",
-                                                                DEFAULT_CONTROLLER),
-                        help="the controller's HOST:PORT (default %(default)s)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-f", "--stack", type=Path, metavar="FILE",
+                       help="the stack file of the `sluice up` to steer (its controller.listen)")
+    where.add_argument("--controller", metavar="ADDRESS",
+                       help=f"the controller's host:port or URL (default: ${locate.ENV}, else "
+                            f"{locate.DEFAULT_CONTROLLER})")
     parser.add_argument("--token-file", type=Path,
                         help=f"the write token (default: ${token.ENV}, else the file "
                              "`sluice up` wrote for this controller)")
@@ -65,12 +69,20 @@ def main(argv: list[str]) -> int:
     for command in rollout.Command:
         steer = commands.add_parser(command.value, help=f"{command.value} a service's rollout")
         steer.add_argument("service")
+    restore = commands.add_parser(rollout.RESTORE, help="after a rollout ended (aborted, rolled "
+                                  "back, promoted): give its service's revisions the weights "
+                                  "they had before it, none parked")
+    restore.add_argument("service")
     args = parser.parse_args(argv)
-    base = f"http://{args.controller}"
+    try:
+        base = locate.controller(args.controller, args.stack)
+    except locate.NotFound as error:
+        print(f"sluice rollout: {error}", file=sys.stderr)
+        return 2
     try:
         if args.action == "status":
             return _status(base, args)
-        secret = token.find(args.controller, args.token_file)
+        secret = token.find(locate.listen_of(base), args.token_file)
         if args.action == "start":
             try:
                 body = _policy_document(args.file)
@@ -89,6 +101,10 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         print(f"sluice rollout: cannot reach the controller at {base}: {error}", file=sys.stderr)
         return 1
+    if args.action == rollout.RESTORE:
+        weights = ", ".join(f"{name} {weight} %" for name, weight in shown["weights"].items())
+        print(f"{args.service}: restored the weights from before the rollout: {weights}")
+        return 0
     print(render([shown], verdicts=3))
     return 0
 

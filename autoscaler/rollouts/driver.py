@@ -112,6 +112,8 @@ class Memory:
     """The counters at the start of the current step (the fixed-horizon judges' window)."""
     started_at: float | None = None
     """When the first interval ran, on the controller's clock."""
+    weights_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The service's weights when the rollout started: what ``Rollouts.restore`` gives back."""
 
 
 def canary_needed(weight: int, service_demand: float, policy: scaling.ScalingPolicy) -> int:
@@ -388,13 +390,26 @@ class RolloutDriver:
         settled = (self._canary_needed(rollout.FULL_WEIGHT)
                    if survivor == policy.canary_revision else self.state.stable_floor)
         floors = {survivor: max(settled, control.floor((policy.service, survivor)))}
-        why = f"{self.state.phase} by the rollout to {policy.canary_revision}"
         control.hold(policy.service, policy.canary_revision,
                      floor=floors.get(policy.canary_revision, 0),
-                     parked=why if action.scale_canary_to_zero else None)
+                     parked=self._parked(policy.canary_revision)
+                     if action.scale_canary_to_zero else None)
         control.hold(policy.service, policy.stable_revision,
                      floor=floors.get(policy.stable_revision, 0),
-                     parked=why if action.scale_old_stable_to_zero else None)
+                     parked=self._parked(policy.stable_revision)
+                     if action.scale_old_stable_to_zero else None)
+
+    def _parked(self, revision: str) -> str:
+        """Why ``revision`` is held at zero once the rollout has ended: the reason routers give
+        requests pinned to it, so a sentence a client can read."""
+        state = self.state
+        if state.phase is progression.Phase.PROMOTED:
+            why = f"{self.policy.canary_revision} was promoted in its place"
+        elif state.phase is progression.Phase.ROLLED_BACK:
+            why = f"its rollout was rolled back ({state.reason})"
+        else:
+            why = f"its rollout failed ({state.reason})"
+        return f"revision {revision} is parked at zero replicas: {why}"
 
     # recording
 
@@ -411,6 +426,9 @@ class RolloutDriver:
             outcome, reason = str(observation.verdict.outcome), observation.verdict.reason
         else:
             outcome, reason = "missing", "; ".join(observation.problems)
+        if not self.verdicts or self.verdicts[-1]["outcome"] != outcome:
+            logger.info("rollout %s: verdict %s at %d %% (%s)", self.service, outcome,
+                        state.canary_weight, reason)
         self.verdicts.append({
             "at": self.wall(), "elapsed_s": self._elapsed(now), "step": state.step + 1,
             "canary_weight": state.canary_weight, "outcome": outcome, "reason": reason,
@@ -484,7 +502,7 @@ class Rollouts:
             memory = self.control.store.load(ports.StateKey.rollout(policy.service), Memory)
         if memory is None or memory.state.phase.terminal:
             self._check(policy)
-            memory = None
+            memory = Memory(weights_before=self._weights(policy.service))
         driver = RolloutDriver(policy, self.control, self.counters, self.metrics, memory)
         self.drivers[policy.service] = driver  # no await since _check: no race with another
         settling = self._running.pop(policy.service, None)
@@ -527,6 +545,32 @@ class Rollouts:
         if weights[policy.stable_revision] == 0:
             raise RolloutError.field(409, "stableRevision", f"{policy.stable_revision} has "
                                      "weight 0: the stable revision must be the one serving")
+
+    async def restore(self, service: str) -> dict[str, int]:
+        """After a rollout of ``service`` ended (aborted, rolled back, failed or promoted): give
+        its revisions the weights they had before it started and park none, without
+        restarting anything. Returns the weights, once the routers serve them."""
+        driver = self.get(service)
+        if not driver.state.phase.terminal:
+            raise RolloutError.field(409, "service", f"the rollout of {service} is "
+                                     f"{driver.state.phase}: promote or abort it first")
+        settling = self._running.pop(service, None)
+        if settling is not None:  # its floor on the survivor goes with it
+            settling.cancel()
+        weights = {name: weight for name, weight in driver.memory.weights_before.items()
+                   if self.control.has((service, name))}
+        for name in self.control.revisions_of(service):
+            self.control.hold(service, name, floor=0, parked=None)
+        self.control.set_weights(service, weights)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.control.published(), COMMAND_WAIT_S)
+        logger.info("rollout %s: restored the weights from before it: %s", service,
+                    ", ".join(f"{name} {weight} %" for name, weight in weights.items()))
+        return weights
+
+    def _weights(self, service: str) -> dict[str, int]:
+        return {name: self.control.weight((service, name))
+                for name in self.control.revisions_of(service)}
 
     def status(self, verdicts: int = 10) -> list[dict[str, Any]]:
         return [driver.status(verdicts) for driver in self.drivers.values()]

@@ -29,12 +29,16 @@ def new() -> str:
     return secrets.token_urlsafe(32)
 
 
+def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """This user's directory for what running stacks leave for the CLI and for each other (tokens,
+    port locks): ``$XDG_RUNTIME_DIR/sluice``, else ``~/.cache/sluice/run``."""
+    runtime = env.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "sluice" if runtime else Path.home() / ".cache" / "sluice" / "run"
+
+
 def well_known_path(listen: str, env: Mapping[str, str] = os.environ) -> Path:
     """Where the token of the controller listening on `listen` (host:port) is kept."""
-    port = listen.rpartition(":")[2]
-    runtime = env.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "sluice" if runtime else Path.home() / ".cache" / "sluice" / "run"
-    return base / f"controller-{port}.token"
+    return runtime_dir(env) / f"controller-{listen.rpartition(':')[2]}.token"
 
 
 def write(token: str, paths: Iterable[Path]) -> None:

@@ -8,25 +8,36 @@ are parsed with the wire models (policies/wire.py) the routers write them with.
 The set of routers may change while it runs (router pods come and go): ``set_routers``. A
 router may front some services only (on Kubernetes, one InferenceService's); it is sent only
 their part of the route table.
+
+The p99 it reports is over the last ``P99_WINDOW_S``, from the difference of each router's
+cumulative latency histogram now and a minute ago (a router that restarted counts from its
+start), not over the router's lifetime: a cold start a while ago must not dominate it for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 import pydantic
 
 from autoscaler.control import ports
-from policies import routing, wire
+from policies import judges, routing, wire
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_S = 0.5
 """Pause before following a router's events again after the stream broke."""
+P99_WINDOW_S = 60.0
+"""Seconds the reported p99 latency covers."""
+
+Histograms = dict[ports.Key, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -51,11 +62,16 @@ class RouterClient:
     EVENTS_TIMEOUT = aiohttp.ClientTimeout(connect=2, sock_read=60)
     """The events stream sends a heartbeat every 15 s; a minute of silence is a dead router."""
 
-    def __init__(self, routers: list[Router], session: aiohttp.ClientSession) -> None:
+    def __init__(self, routers: list[Router], session: aiohttp.ClientSession,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.routers = list(routers)
         self._session = session
+        self._clock = clock
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._on_poke: ports.PokeHandler | None = None
+        self._histories: dict[str, collections.deque[tuple[float, Histograms]]] = {}
+        """Per router: (time, cumulative latency histograms) over the last P99_WINDOW_S,
+        and the one just before it."""
 
     @property
     def admin_urls(self) -> list[str]:
@@ -69,15 +85,42 @@ class RouterClient:
 
     async def load(self) -> dict[ports.Key, ports.RevisionLoad]:
         """Every router's /stats, added up per revision; routers that fail are skipped."""
-        answers = await asyncio.gather(*(self._stats(url, raw=False) for url in self.admin_urls),
+        answers = await asyncio.gather(*(self._stats(url, raw=True) for url in self.admin_urls),
                                        return_exceptions=True)
+        now = self._clock()
         rows: dict[ports.Key, list[wire.RevisionStats]] = {}
-        for answer in answers:
+        recent: dict[ports.Key, list[int]] = {}
+        bounds: list[float] = []
+        for url, answer in zip(self.admin_urls, answers, strict=True):
             if isinstance(answer, BaseException):
                 continue
+            bounds = answer.latency_bounds_s or bounds
             for row in answer.revisions:
                 rows.setdefault((row.service, row.revision), []).append(row)
-        return {key: _summed(parts) for key, parts in rows.items()}
+            for key, buckets in self._window(url, now, answer).items():
+                summed = recent.setdefault(key, [0] * len(buckets))
+                summed[:] = [a + b for a, b in zip(summed, buckets, strict=True)]
+        for gone in set(self._histories) - set(self.admin_urls):
+            del self._histories[gone]
+        return {key: _summed(parts, _p99_ms(bounds, recent.get(key)))
+                for key, parts in rows.items()}
+
+    def _window(self, url: str, now: float, stats: wire.Stats) -> Histograms:
+        """Each revision's latency histogram over the last P99_WINDOW_S at this router."""
+        current = {(row.service, row.revision): tuple(row.raw.latency_buckets)
+                   for row in stats.revisions if row.raw is not None}
+        history = self._histories.setdefault(url, collections.deque())
+        history.append((now, current))
+        while len(history) > 2 and now - history[1][0] >= P99_WINDOW_S:
+            history.popleft()
+        base = history[0][1]
+        window = {}
+        for key, buckets in current.items():
+            before = base.get(key, ())
+            window[key] = tuple(a - b for a, b in zip(buckets, before, strict=True)) if (
+                before and all(a >= b for a, b in zip(buckets, before, strict=True))
+            ) else buckets  # new to this router, or it restarted: all it has counted
+        return window
 
     async def counters(self) -> dict[ports.Key, ports.Counters]:
         """Cumulative per-revision counters from every router, added up (for window deltas);
@@ -157,15 +200,21 @@ class RouterClient:
             return wire.Stats.model_validate_json(await response.read())
 
 
-def _summed(rows: list[wire.RevisionStats]) -> ports.RevisionLoad:
-    p99s = [r.latency_ms.p99 for r in rows if r.latency_ms.p99 is not None]
+def _p99_ms(bounds: list[float], buckets: list[int] | None) -> float | None:
+    if not buckets or len(buckets) != len(bounds) + 1:
+        return None
+    p99 = judges.Latencies.from_histogram(bounds, buckets).quantile(0.99)
+    return None if p99 is None else round(p99 * 1000, 3)
+
+
+def _summed(rows: list[wire.RevisionStats], p99_ms: float | None) -> ports.RevisionLoad:
     return ports.RevisionLoad(
         rps=sum(r.rps.get("1s", 0.0) for r in rows),
         rps_6s=sum(r.rps.get("6s", 0.0) for r in rows),
         concurrency=sum(r.inflight_avg.get("1s", 0.0) for r in rows),
         inflight=sum(r.inflight for r in rows),
         buffered=sum(r.buffered for r in rows),
-        p99_ms=max(p99s) if p99s else None,
+        p99_ms=p99_ms,
         requests=sum(r.requests.get("total", 0) for r in rows),
         errors=sum(r.requests.get("5xx", 0) for r in rows),
     )

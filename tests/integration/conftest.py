@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +26,25 @@ TOKEN = "test-admin-token"
 INFER = "/v2/models/model/infer"
 PAYLOAD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
                        "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(method: str, url: str, body=None, token: str | None = None,
+         data: bytes | None = None) -> tuple[int, dict]:
+    """An HTTP call to a controller or router API: (status, JSON body), errors included."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with _OPENER.open(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
 
 class Router:
@@ -135,7 +155,7 @@ class Stack:
     """A `sluice up` process on free ports."""
 
     def __init__(self, tmp_path: Path, revisions: list[dict], tick_s: float = 0.5,
-                 controller: dict | None = None, **extra) -> None:
+                 controller: dict | None = None, args: tuple[str, ...] = (), **extra) -> None:
         self.port, self.admin, self.status_port = (procs.free_port() for _ in range(3))
         self.url = f"http://127.0.0.1:{self.port}"
         self.controller = f"127.0.0.1:{self.status_port}"
@@ -145,12 +165,17 @@ class Stack:
             "controller": {"listen": self.controller, "tick_s": tick_s, **(controller or {})},
             "services": {"model": {"revisions": revisions}}, **extra}))
         self.run_dir = tmp_path / "run"
-        # The controller's token files go under tmp_path, not the user's runtime directory.
+        # The controller's token and lock files go under tmp_path, not the user's runtime
+        # directory.
         self.env = {"XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
-        self.proc = procs.Proc.start(
-            [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file),
-             "--run-dir", str(self.run_dir)],
-            ready_url=f"http://127.0.0.1:{self.status_port}/status", cwd=str(ROOT), env=self.env)
+        self.argv = [sys.executable, "-m", "autoscaler.cli", "up", "-f", str(self.file),
+                     "--run-dir", str(self.run_dir), *args]
+        self.proc = self.start()
+
+    def start(self) -> procs.Proc:
+        """Run `sluice up` on this stack's file (again, after the first has gone)."""
+        return procs.Proc.start(self.argv, cwd=str(ROOT), env=self.env,
+                                ready_url=f"http://127.0.0.1:{self.status_port}/status")
 
     @property
     def token(self) -> str:
@@ -160,6 +185,11 @@ class Stack:
         out = json.load(urllib.request.urlopen(
             f"http://127.0.0.1:{self.status_port}/status", timeout=5))
         return {row["name"]: row for row in out["revisions"]}
+
+    def router(self) -> dict:
+        """The router's health as the controller reports it."""
+        return json.load(urllib.request.urlopen(
+            f"http://127.0.0.1:{self.status_port}/status", timeout=5))["router"]
 
     def wait_for(self, predicate, within_s: float = 60.0) -> dict[str, dict]:
         deadline = time.monotonic() + within_s
@@ -174,6 +204,11 @@ class Stack:
     def descendants(self) -> set[int]:
         """PIDs started by the stack (router, replicas), found through the process tree."""
         return procs.descendants(self.proc.pid)
+
+    def pids(self, role: str) -> set[int]:
+        """The stack's processes whose command line has ``role`` in it ("router.main",
+        "model_server.py", …)."""
+        return {pid for pid in self.descendants() if role in procs.cmdline(pid)}
 
 
 def stack_revision(name: str = "v1", weight: int = 100, command=None, **policy) -> dict:

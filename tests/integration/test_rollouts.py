@@ -20,17 +20,17 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
 from loadtests import run, shapes
 from tests import procs
-from tests.integration.conftest import MODEL_SERVER, ROOT, stack_revision
+from tests.integration.conftest import MODEL_SERVER, ROOT, call, stack_revision
 from tests.integration.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,6 @@ RPS = USERS * USER_RPS
 """Locust's target rate; closed-loop, so the rate served is at most this."""
 FIRST_WEIGHT = 20
 INTERVAL_S = 1
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def policy(**overrides) -> dict:
@@ -64,21 +63,6 @@ def revisions(stable_args=(), canary_args=()) -> list[dict]:
         stack_revision("v2", 0, command=[*MODEL_SERVER, "--revision", "v2", *canary_args],
                        metric="rps", target=100),
     ]
-
-
-def call(method: str, url: str, body=None, token: str | None = None,
-         data: bytes | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if body is not None:
-        data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 async def until(probe, predicate, within_s: float = 90.0):
@@ -240,7 +224,8 @@ async def test_rollout_api_checks_auth_and_input_and_steers_a_rollout(start_stac
     assert api.weights() == {"v1": 100, "v2": 0}
     assert api.command("resume")[0] == 409
     parked = stack.wait_for(lambda s: s["v2"]["ready"] == 0)
-    assert any(c.startswith("Parked: RolledBack") for c in parked["v2"]["conditions"])
+    assert ("Parked: revision v2 is parked at zero replicas: its rollout was rolled back "
+            "(aborted by a person)") in parked["v2"]["conditions"]
 
     # The CLI: a bad file names its field and sends nothing; the rest drives the same API.
     env = stack.env
@@ -275,6 +260,43 @@ async def test_rollout_api_checks_auth_and_input_and_steers_a_rollout(start_stac
     assert "rollout model: Promoted" in result.stdout
 
 
+async def test_after_an_abort_restore_brings_back_the_weights_from_before(start_stack):
+    stack = start_stack([
+        stack_revision("v1", 90, command=[*MODEL_SERVER, "--revision", "v1"], metric="rps",
+                       target=100, minReplicas=1, initialScale=1),
+        stack_revision("v2", 10, command=[*MODEL_SERVER, "--revision", "v2"], metric="rps",
+                       target=100, minReplicas=1, initialScale=1)])
+    api = Api(stack)
+    stack.wait_for(lambda s: s["v1"]["ready"] == 1 and s["v2"]["ready"] == 1)
+    started(api, policy())
+    await api.wait(lambda r: r["phase"] == "Progressing" and r["canary_weight"] == FIRST_WEIGHT)
+    assert api.command("abort")[0] == 200
+    stack.wait_for(lambda s: s["v2"]["ready"] == 0)
+    async def pinned_to_v2() -> tuple[int, str | None]:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{stack.url}/v2/health/ready", headers={"X-Sluice-Revision": "v2"}) as response:
+            return response.status, (await response.json()).get("error")
+
+    assert await pinned_to_v2() == (503, "revision v2 is parked at zero replicas: its rollout "
+                                         "was rolled back (aborted by a person)")
+    assert api.weights() == {"v1": 100, "v2": 0}
+
+    where = ["--controller", stack.controller]
+    result = sluice("rollout", *where, "restore", "model", env=stack.env)
+
+    assert result.returncode == 0, result.stderr
+    assert "restored" in result.stdout
+    assert api.weights() == {"v1": 90, "v2": 10}
+    restored = stack.wait_for(lambda s: s["v2"]["ready"] == 1)
+    assert not [c for c in restored["v2"]["conditions"] if c.startswith("Parked")]
+    assert (await pinned_to_v2())[0] == 200
+    result = sluice("rollout", *where, "restore", "model", env=stack.env)
+    assert result.returncode == 0, "restoring twice changes nothing more"
+    assert api.weights() == {"v1": 90, "v2": 10}
+    # A new rollout starts from the restored weights.
+    assert api.start(policy())[0] == 201
+
+
 # -- end to end under load -----------------------------------------------------------------------
 
 
@@ -293,7 +315,8 @@ async def test_a_good_canary_is_promoted_without_a_failed_request(start_stack, t
     assert all(rows["5xx"] == 0 for rows in api.served().values())
     assert api.weights() == {"v1": 0, "v2": 100}
     final = stack.wait_for(lambda s: s["v1"]["ready"] == 0)  # the old stable is parked
-    assert any(c.startswith("Parked: Promoted") for c in final["v1"]["conditions"])
+    assert ("Parked: revision v1 is parked at zero replicas: v2 was promoted in its place"
+            in final["v1"]["conditions"])
     assert final["v2"]["ready"] >= 1
     # v2 keeps what 100 % needs for its stable window, while its decider catches up
     assert any(c.startswith("RolloutFloor") for c in final["v2"]["conditions"]), final["v2"]

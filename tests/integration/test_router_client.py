@@ -69,3 +69,35 @@ async def test_publish_then_poke_reaches_the_subscriber(start_router):
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
     assert (pokes[0].service, pokes[0].revision) == ("model", "v2")
+
+
+async def test_load_reports_p99_over_the_recent_window_not_the_lifetime(start_router,
+                                                                        start_model_server):
+    slow = start_model_server("--latency", "0.5")
+    fast = start_model_server()
+    router = start_router(service(revision("v1", 100, [slow.url])))
+    clock = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        client = routers.RouterClient([routers.Router(router.admin, TOKEN)], session,
+                                      clock=lambda: clock[0])
+
+        async def requests(count: int) -> None:
+            for _ in range(count):
+                async with session.post(router.url + INFER, json=PAYLOAD) as response:
+                    assert response.status == 200
+
+        await client.load()
+        await requests(3)  # a slow start, as a cold start would be
+        slow_start = (await client.load())[("model", "v1")].p99_ms
+        await client.publish(routing.load(service(revision("v1", 100, [fast.url]))))
+        clock[0] += routers.P99_WINDOW_S + 1  # the slow requests are out of the window
+        await client.load()
+        await requests(50)
+        clock[0] += 1
+        recent = (await client.load())[("model", "v1")].p99_ms
+        clock[0] += routers.P99_WINDOW_S + 1
+        idle = (await client.load())[("model", "v1")].p99_ms
+
+    assert slow_start is not None and slow_start >= 400
+    assert recent is not None and recent < 100
+    assert idle is None  # nothing answered in the window: no figure, not an old one

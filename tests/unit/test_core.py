@@ -305,3 +305,56 @@ async def test_rollout_memory_goes_through_json_and_a_new_driver_resumes_at_its_
     # from before, not judged from scratch.
     assert resumed.memory.judged.canary.requests == first.memory.judged.canary.requests + 100
     assert control.weight(("model", "v2")) == first.state.canary_weight, "no weight jump"
+
+
+# -- missing load: hold, never down, a stale backlog expires -------------------------------------
+
+IDLE = ports.RevisionLoad()
+
+
+async def test_missing_load_holds_the_count_and_never_scales_to_zero():
+    control, routers, clock = new_core()
+    replicas = MemoryReplicas()
+    control.upsert(target(stableWindowSeconds=6, scaleToZeroGraceSeconds=1), replicas)
+    control.on_poke(poke())
+    replicas.become_ready()
+    routers.loads[("model", "v1")] = IDLE  # answered, then idle
+    await control.tick()
+    routers.loads.clear()  # the routers stop answering
+    for _ in range(120):
+        clock.now += 1
+        await control.tick()
+        assert replicas.desired == 1, "scaled on data it did not have"
+    row = control.status()[0]
+    assert "LoadMissing: no load reported for 120 s" in row.conditions
+
+    routers.loads[("model", "v1")] = IDLE  # they answer again: idle, so down it goes
+    for _ in range(30):
+        clock.now += 1
+        await control.tick()
+    assert replicas.desired == 0
+
+
+async def test_a_stale_backlog_expires_and_drives_nothing():
+    control, routers, clock = new_core()
+    replicas = MemoryReplicas()
+    control.upsert(target(maxReplicas=6), replicas)
+    routers.loads[("model", "v1")] = ports.RevisionLoad(buffered=20)
+    await control.tick()
+    assert replicas.desired == 6
+    replicas.become_ready()
+    routers.loads.clear()
+    clock.now += control.load_stale_s + 1
+    await control.tick()
+
+    row = control.status()[0]
+    assert (row.buffered, row.desired) == (0, 6)  # not "buffered 20" for requests long gone
+    control.on_poke(poke(buffered=1))  # a poke decides on its own count, and lowers nothing
+    assert replicas.desired == 6
+
+
+def test_the_table_says_why_in_a_sentence_and_keeps_a_place_for_pacing():
+    control, _, _ = new_core()
+    control.upsert(target("v1"), MemoryReplicas(failure="its command cannot start"))
+    (row,) = control.table().services["model"].revisions  # type: ignore[union-attr]
+    assert row.unavailable == "its command cannot start"
