@@ -78,7 +78,7 @@ class Worker:
             key = (service, revision.name)
             backend = self.backends.get(key) or balancer.RevisionBackend(
                 service, revision.name, stats.RevisionStats(now), self.rng)
-            backend.limit = revision.concurrency
+            backend.configure(revision.concurrency, revision.release_concurrency)
             backend.depth = spec.buffer.depth
             backend.timeout_s = spec.buffer.timeout_s
             backend.unavailable = revision.unavailable

@@ -18,14 +18,15 @@ import httptools
 import pytest
 
 from tests import procs
+from tests.integration import replicas
 from tests.integration.conftest import INFER, PAYLOAD, service
 
 pytestmark = pytest.mark.integration
 
 
-def revision(name, weight=100, endpoints=(), concurrency=0):
+def revision(name, weight=100, endpoints=(), concurrency=0, **extra):
     return {"name": name, "weight": weight, "endpoints": list(endpoints),
-            "concurrency": concurrency}
+            "concurrency": concurrency, **extra}
 
 
 async def infer(session, router, request_id=None, **headers):
@@ -74,6 +75,33 @@ async def test_scale_from_zero_serves_every_buffered_request_once_in_order(
     assert stats["requests"]["2xx"] == 500
     assert stats["buffered"] == 0
     assert stats["cold_start_waits"]["count"] == 500
+
+
+async def test_a_wave_at_zero_is_released_at_the_policy_pace_so_later_replicas_share_it(
+        start_router):
+    """40 requests wait at zero; with release_concurrency 4 and no hard limit the first ready
+    replica takes 4, the next one published takes 4 more, and the rest wait for answers.
+    Without the pace the first replica took all 40 (issue 12: 496 of 1,000 at once)."""
+    gate = asyncio.Event()
+    paced = {"release_concurrency": 4, "concurrency": 0}
+    async with replicas.Replica(replicas.held_until(gate)) as first, \
+            replicas.Replica(replicas.held_until(gate)) as second:
+        router = start_router(service(revision("v1", **paced)))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            waiting = [asyncio.create_task(infer(session, router)) for _ in range(40)]
+            await router.wait_for(lambda s: s["v1"]["buffered"] == 40)
+            await router.put_routes(service(revision("v1", endpoints=[first.url], **paced)))
+            one = (await router.stats())["v1"]  # the release happened inside the PUT
+            await router.put_routes(service(revision(
+                "v1", endpoints=[first.url, second.url], **paced)))
+            two = (await router.stats())["v1"]
+            gate.set()
+            statuses = [r.status for r in await asyncio.gather(*waiting)]
+        assert (one["inflight"], one["buffered"]) == (4, 36)
+        assert (two["inflight"], two["buffered"]) == (8, 32)
+        assert statuses == [200] * 40
+        assert len(first.heads) + len(second.heads) == 40
+        assert len(second.heads) >= 4
 
 
 async def test_buffer_overflow_gets_503_with_retry_after_at_once(start_router):
