@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from policies import routing
+from policies import routing, wire
 from router import balancer, proxy, stats, table
 from router.settings import RouterSettings
 
-PokeListener = Callable[[dict[str, Any]], None]
+PokeListener = Callable[[wire.Poke], None]
 
 
 class Worker:
@@ -57,8 +57,8 @@ class Worker:
 
     def poke(self, backend: balancer.RevisionBackend) -> None:
         """The first request buffered for a revision with no endpoint: tell subscribers now."""
-        event = {"type": "poke", "service": backend.service, "revision": backend.name,
-                 "buffered": backend.stats.buffered, "time": time.time()}
+        event = wire.Poke(service=backend.service, revision=backend.name,
+                          buffered=backend.stats.buffered, time=time.time())
         for listener in list(self._listeners):
             listener(event)
 
@@ -113,11 +113,17 @@ class Worker:
 
     def raw_stats(self) -> dict[str, Any]:
         now = self.now()
+        backpressured: dict[balancer.RevisionBackend, int] = {}
+        for exchange in self.active:  # the transports' own state, not our flags
+            conn = exchange.upstream
+            if conn is not None and conn.transport is not None \
+                    and not conn.transport.is_reading() and exchange.backend is not None:
+                backpressured[exchange.backend] = backpressured.get(exchange.backend, 0) + 1
         return {
             "generation": self.generation,
             "revisions": [
                 {"service": b.service, "revision": b.name, "endpoints": len(b.endpoints),
-                 "raw": b.stats.raw(now)}
+                 "raw": b.stats.raw(now, backpressured.get(b, 0))}
                 for b in self.backends.values()
             ],
         }
