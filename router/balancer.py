@@ -38,11 +38,13 @@ class Waiter(Protocol):
 class Endpoint:
     """One replica: its in-flight count and its pool of idle keep-alive connections."""
 
-    __slots__ = ("host", "idle", "inflight", "port", "removed", "url")
+    __slots__ = ("authority", "host", "idle", "inflight", "port", "removed", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.host, self.port = routing.parse_endpoint(url)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = f"{host}:{self.port}".encode()  # Host for HTTP/1.0 requests without
         self.inflight = 0
         self.idle: list[upstream.UpstreamConnection] = []
         self.removed = False

@@ -178,7 +178,10 @@ class Worker:
             c.current is not None for c in self.clients)
 
     async def drain(self) -> None:
-        """Stop accepting, finish what is in flight or buffered (up to the drain timeout)."""
+        """Stop accepting, finish what is in flight or buffered (up to the drain timeout: the
+        table can still change, so buffered requests are served if endpoints appear), then
+        answer what is left 503. A response already under way cannot change its status: it is
+        cut, so the client sees it incomplete."""
         self.draining = True
         if self.server is not None:
             self.server.close()
@@ -188,9 +191,13 @@ class Worker:
         if self.busy():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), self.settings.drain_timeout_s)
+        reason = "the router is shutting down"
         for backend in self.backends.values():
-            backend.reject_all(503, "the router is shutting down")
+            backend.reject_all(503, reason)
         for client in list(self.clients):
+            exchange = client.current
+            if exchange is not None:  # at a replica, or connecting to one
+                exchange.answer(503, reason)
             client.close()
         for task in list(self._tasks):
             task.cancel()

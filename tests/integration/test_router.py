@@ -298,6 +298,10 @@ async def test_oversized_bodies_get_413_and_never_reach_a_replica(
                  id="oversized-headers"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: m\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
                  501, id="websocket-upgrade"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"zz\r\nabc\r\n0\r\n\r\n", 400, id="bad-chunk-size"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabcXY0\r\n\r\n", 400, id="chunk-longer-than-its-size"),
 ])
 async def test_malformed_requests_get_4xx_and_others_are_served(
         start_router, start_model_server, data, status):
@@ -328,9 +332,11 @@ async def test_pipelined_requests_are_answered_in_order(start_router, start_mode
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
     reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
-    writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: m\r\nX-Request-Id: first\r\n\r\n"
-                 b"GET /v2/models/model HTTP/1.1\r\nHost: m\r\nX-Request-Id: second\r\n\r\n"
-                 b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: first\r\n\r\n"
+                 b"POST /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: second\r\n"
+                 b"Content-Length: 2\r\n\r\n{}"
+                 b"GET /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: third\r\n"
+                 b"Connection: close\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 30)
     writer.close()
 
@@ -346,8 +352,9 @@ async def test_pipelined_requests_are_answered_in_order(start_router, start_mode
 
     responses = Responses()
     httptools.HttpResponseParser(responses).feed_data(data)
-    assert len(responses.bodies) == 3
-    assert b'"name"' in responses.bodies[1]  # the model metadata answered second
+    answered = [(json.loads(body)["method"], dict(json.loads(body)["headers"])["X-Request-Id"])
+                for body in responses.bodies]
+    assert answered == [("GET", "first"), ("POST", "second"), ("GET", "third")]
 
 
 async def test_several_workers_share_the_port_and_count_every_request(
