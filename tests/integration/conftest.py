@@ -95,6 +95,17 @@ class ModelServer:
         return self.proc.close()
 
 
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to a loopback port; everything that comes back until the peer closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
 def service(*revisions: dict, **extra) -> dict:
     return {"services": {"model": {"revisions": list(revisions), **extra}}}
 

@@ -17,7 +17,7 @@ import httptools
 import pytest
 
 from tests.integration import replicas
-from tests.integration.conftest import INFER, PAYLOAD, service
+from tests.integration.conftest import INFER, PAYLOAD, raw_exchange, service
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +27,6 @@ BOUNDED = aiohttp.ClientTimeout(total=30)
 
 def one(url, **extra):
     return service({"name": "v1", "weight": 100, "endpoints": [url], **extra})
-
-
-async def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send raw bytes, return everything the router sends until it closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
 
 
 class Responses:

@@ -19,7 +19,7 @@ import pytest
 
 from tests import procs
 from tests.integration import replicas
-from tests.integration.conftest import INFER, PAYLOAD, service
+from tests.integration.conftest import INFER, PAYLOAD, raw_exchange, service
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +35,6 @@ async def infer(session, router, request_id=None, **headers):
     async with session.post(router.url + INFER, json=PAYLOAD, headers=headers) as response:
         await response.read()
         return response
-
-
-async def raw_exchange(router, data: bytes) -> bytes:
-    """Send raw bytes, return everything the router sends until it closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
 
 
 async def test_scale_from_zero_serves_every_buffered_request_once_in_order(
@@ -275,10 +264,11 @@ async def test_oversized_bodies_get_413_and_never_reach_a_replica(
     router = start_router(service(revision("v1", endpoints=[server.url])),
                           settings={"max_body_bytes": 1024})
     big = b"x" * 2048
-    declared = await raw_exchange(router, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
-                                  b"Content-Length: 2048\r\n\r\n" + big)
+    declared = await raw_exchange(
+        router.port, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
+        b"Content-Length: 2048\r\n\r\n" + big)
     chunked = await raw_exchange(
-        router, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
+        router.port, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n800\r\n" + big + b"\r\n0\r\n\r\n")
     assert declared.startswith(b"HTTP/1.1 413 ")
     assert chunked.startswith(b"HTTP/1.1 413 ")
@@ -307,7 +297,7 @@ async def test_malformed_requests_get_4xx_and_others_are_served(
         start_router, start_model_server, data, status):
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
-    answer = await raw_exchange(router, data)
+    answer = await raw_exchange(router.port, data)
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     async with aiohttp.ClientSession() as session:
         assert (await infer(session, router)).status == 200
@@ -387,8 +377,9 @@ async def test_h2c_upgrade_offer_is_declined_and_the_connection_goes_on(
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
     answer = await raw_exchange(
-        router, b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\nConnection: Upgrade, HTTP2-Settings"
-        b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        router.port, b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
         b"GET /v2/health/ready HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 2
     assert b"101" not in answer.split(b"\r\n", 1)[0]

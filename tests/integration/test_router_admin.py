@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from policies import wire
-from tests.integration.conftest import INFER, PAYLOAD, ROOT, TOKEN, service
+from tests.integration.conftest import INFER, PAYLOAD, ROOT, TOKEN, raw_exchange, service
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,6 @@ async def get_json(url: str) -> dict:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 200
         return await response.json()
-
-
-async def admin_raw(router, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.admin_port)
-    writer.write(data)
-    try:
-        return await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
 
 
 def put_request(authorization: bytes) -> bytes:
@@ -59,11 +50,11 @@ def put_request(authorization: bytes) -> bytes:
 async def test_route_writes_without_exactly_bearer_and_the_token_get_401(
         start_router, authorization):
     router = start_router(service(revision("v1")))
-    answer = await admin_raw(router, put_request(authorization))
+    answer = await raw_exchange(router.admin_port, put_request(authorization))
     assert answer.startswith(b"HTTP/1.1 401 "), answer
     assert (await get_json(router.admin + "/routes"))["services"]["model"]["revisions"][0][
         "name"] == "v1"
-    accepted = await admin_raw(router, put_request(b"bearer " + TOKEN.encode()))
+    accepted = await raw_exchange(router.admin_port, put_request(b"bearer " + TOKEN.encode()))
     assert accepted.startswith(b"HTTP/1.1 200 ")  # the scheme's case does not matter
     assert "Traceback" not in router.proc.output()
 
