@@ -22,11 +22,18 @@ Endpoints (``<name>`` is ``--model-name``; any other name is a 404):
     POST /v2/models/<name>/generate_stream   SSE, one ``data: {...}`` event per token
     GET  /debug/requests                     accounting for exactly-once tests
     POST /debug/reset                        clear that accounting
+    *    /debug/headers                      the request as received: method, path, version
+                                             and every header in order (proxy header tests)
+    POST /debug/echo                         the request body streamed back as it arrives
+                                             (full-duplex streaming tests)
 
 Accounting: an inference request (predict, infer, generate_stream) is *admitted* once the model
 is loaded and it fits under ``--max-concurrency``. Admitted requests are counted and their
 ``X-Request-Id`` recorded in arrival order; requests refused with 503 are not, because they did
 no work and are safe for a router to retry elsewhere. Injected 500s and 400s are admitted.
+
+A client that leaves mid-request is not an error here: the handler stops quietly (a router
+cutting a connection it gave up on must not fill this log with tracebacks).
 
 Every knob is a flag and also an environment variable ``SLUICE_MS_<FLAG>`` (``--token-delay`` is
 ``SLUICE_MS_TOKEN_DELAY``); flags win over the environment. The port also falls back to ``PORT``.
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -47,7 +55,7 @@ import signal
 import sys
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +76,7 @@ VOCABULARY = (
     "replicas", "under", "load", "with", "care", ".",
 )
 JSON_HEADERS = {"Content-Type": "application/json"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class Settings:
     error_rate: float = 0.0
     max_concurrency: int = 0
     token_delay: float = 0.0
+    parallelism: int = 0
     revision: str = ""
     drain_timeout: float = 30.0
 
@@ -175,6 +185,16 @@ def token_at(prompt_hash: int, index: int) -> str:
     return VOCABULARY[(prompt_hash + 7 * index) % len(VOCABULARY)]
 
 
+@web.middleware
+async def client_gone_quietly(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A handler cut off by its client (ConnectionError reading the body or writing the answer)
+    ends without a traceback; aiohttp drops the connection."""
+    try:
+        return await handler(request)
+    except ConnectionError:
+        return web.Response(status=499)  # never sent: the connection is gone
+
+
 def error_response(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=json.dumps({"error": message}), headers=JSON_HEADERS)
 
@@ -196,9 +216,13 @@ class ModelServer:
         self.admitted = 0
         self.rejected = 0
         self.request_ids: collections.deque[str] = collections.deque(maxlen=MAX_RECORDED_IDS)
+        self.slots = (asyncio.Semaphore(settings.parallelism) if settings.parallelism
+                      else contextlib.nullcontext())
+        self.working = 0  # in the simulated work now
+        self.waiting = 0  # admitted, waiting for a --parallelism slot
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[client_gone_quietly])
         if self.settings.revision:
             app.on_response_prepare.append(self._add_revision_header)
         app.add_routes([
@@ -215,6 +239,8 @@ class ModelServer:
             web.post("/v2/models/{name}/generate_stream", self.generate_stream),
             web.get("/debug/requests", self.debug_requests),
             web.post("/debug/reset", self.debug_reset),
+            web.route("*", "/debug/headers", self.debug_headers),
+            web.post("/debug/echo", self.debug_echo),
         ])
         return app
 
@@ -352,7 +378,7 @@ class ModelServer:
                 # token as it is produced, not when the stream ends.
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             await response.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:
             pass  # the client went away; there is nobody left to stream to
         return response
 
@@ -387,12 +413,20 @@ class ModelServer:
         return payload
 
     async def _simulate_work(self) -> web.Response | None:
-        """Sleep the configured latency, then maybe fail; returns the failure response if so."""
+        """Sleep the configured latency (at most --parallelism at once), then maybe fail;
+        returns the failure response if so."""
         delay = self.settings.latency
         if self.settings.latency_jitter > 0:
             delay = max(0.0, delay + self.rng.uniform(-1.0, 1.0) * self.settings.latency_jitter)
         if delay > 0:
-            await asyncio.sleep(delay)
+            self.waiting += 1
+            async with self.slots:
+                self.waiting -= 1
+                self.working += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self.working -= 1
         if self.settings.error_rate > 0 and self.rng.random() < self.settings.error_rate:
             return error_response(500, "injected failure (--error-rate)")
         return None
@@ -415,9 +449,29 @@ class ModelServer:
             "count": self.admitted,
             "ids": list(self.request_ids),
             "inflight": self.inflight,
+            "working": self.working,
+            "waiting": self.waiting,
             "max_inflight": self.max_inflight,
             "rejected": self.rejected,
         })
+
+    async def debug_headers(self, request: web.Request) -> web.Response:
+        await request.read()
+        return json_response({
+            "method": request.method,
+            "path": request.path_qs,
+            "version": f"{request.version.major}.{request.version.minor}",
+            "headers": [[name.decode("latin-1"), value.decode("latin-1")]
+                        for name, value in request.raw_headers],
+        })
+
+    async def debug_echo(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        async for chunk in request.content.iter_any():
+            await response.write(chunk)  # each piece back as soon as it arrived
+        await response.write_eof()
+        return response
 
     async def debug_reset(self, request: web.Request) -> web.Response:
         self.request_ids.clear()
@@ -486,6 +540,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
                         help="inference requests beyond this many in flight get 503 (0: no limit)")
     parser.add_argument("--token-delay", type=_non_negative_float, default=_env("TOKEN_DELAY", "0"),
                         help="seconds between streamed tokens")
+    parser.add_argument("--parallelism", type=_non_negative_int, default=_env("PARALLELISM", "0"),
+                        help="inference requests worked on at once; the others wait inside the "
+                             "server, as behind one GPU or the GIL (0: no limit)")
     parser.add_argument("--revision", default=_env("REVISION", ""),
                         help="label sent back in an X-Model-Revision header on every response")
     parser.add_argument("--drain-timeout", type=_non_negative_float,

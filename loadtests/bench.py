@@ -11,6 +11,13 @@ fixed small JSON body on two ports, so nothing in the backend is Python):
 - scale from zero on `sluice up`: poke to start, first response, and the lag from a replica
   able to answer to the first answer (replicas with a start-up delay, timed by
   loadtests/replica.py), against probing every readiness period as before.
+- with ``--baseline REF``, the router at that git revision too, interleaved with the current one
+  against the same backends, so a change to the request path is judged by a ratio in one run.
+
+The release section (scale from zero) buffers a wave of requests at a revision with no replica,
+starts six reference model servers that become ready one after another, publishes each as its
+readiness passes (as the controller does), and compares the wave released unpaced with the wave
+paced by ``release_concurrency``: latency percentiles and how the requests spread over replicas.
 
 Results are written to docs/benchmarks.md with the command and the machine they came from.
 """
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -45,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
 VEGETA_VERSION = "v12.12.0"
 BODY = '{"outputs":[{"name":"output-0","shape":[1],"datatype":"FP32","data":[0.5]}]}'
+ADMIN_TOKEN = "bench"
 
 
 def free_port() -> int:
@@ -104,8 +113,10 @@ def proxy_conf(port: int, backends: tuple[int, int], workers: int) -> str:
 
 
 @contextlib.contextmanager
-def router(backends: tuple[int, int] | None, workers: int = 1,
-           depth: int = 1000) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+def router(backends: tuple[int, int] | None, workers: int = 1, depth: int = 1000,
+           root: Path = ROOT) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+    """A router process (the code under `root`) splitting 90/10 over the backends, or with one
+    revision at zero. Its admin token is ADMIN_TOKEN."""
     port, admin = free_port(), free_port()
     revisions = ([{"name": "v1", "weight": 90, "endpoints": [f"http://127.0.0.1:{backends[0]}"]},
                   {"name": "v2", "weight": 10, "endpoints": [f"http://127.0.0.1:{backends[1]}"]}]
@@ -115,7 +126,8 @@ def router(backends: tuple[int, int] | None, workers: int = 1,
         "revisions": revisions, "buffer": {"depth": depth, "timeout_s": 600}}}}))
     proc = subprocess.Popen([sys.executable, "-m", "router.main", "--config", str(config),
                              "--listen", f"127.0.0.1:{port}", "--admin-listen",
-                             f"127.0.0.1:{admin}", "--workers", str(workers)], cwd=ROOT)
+                             f"127.0.0.1:{admin}", "--workers", str(workers)], cwd=root,
+                            env={**os.environ, "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN})
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -141,6 +153,15 @@ class Latency:
     max_ms: float
     success: float
     rps: float
+    cpu_us: float | None = None
+    """The proxy's CPU time (user + system) per request, when it is a router we started: the
+    least contention-sensitive measure of the request path's cost on a shared machine."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def attack(port: int, rate: int, seconds: float) -> Latency:
@@ -210,28 +231,198 @@ def buffer_memory(count: int) -> tuple[float, float]:
     return before, after
 
 
+@contextlib.contextmanager
+def checkout(ref: str | None) -> Iterator[Path | None]:
+    """The tree of a git revision in a temporary directory (None: no baseline)."""
+    if ref is None:
+        yield None
+        return
+    where = Path(tempfile.mkdtemp(prefix="sluice-baseline-"))
+    try:
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def router_section(args: argparse.Namespace) -> str:
     backends = (free_port(), free_port())
     proxy_port = free_port()
     rows: dict[str, list[Latency]] = {"direct": [], "router": [], "nginx": []}
     saturation: dict[str, float] = {}
-    with nginx(backend_conf(backends)):
-        with router(backends) as (router_port, _, _), nginx(proxy_conf(proxy_port, backends, 1)):
-            targets = {"direct": backends[0], "router": router_port, "nginx": proxy_port}
-            for port in targets.values():  # warm pools and caches
-                attack(port, args.rate, 2)
-            for _ in range(args.rounds):
-                for name, port in targets.items():
-                    rows[name].append(attack(port, args.rate, args.seconds))
-                    print(name, rows[name][-1], file=sys.stderr)
-            for name in ("router", "nginx"):
+    with nginx(backend_conf(backends)), checkout(args.baseline) as base, contextlib.ExitStack() \
+            as stack:
+        router_port, _, router_proc = stack.enter_context(router(backends))
+        stack.enter_context(nginx(proxy_conf(proxy_port, backends, 1)))
+        targets = {"direct": backends[0], "router": router_port, "nginx": proxy_port}
+        pids = {"router": router_proc.pid}
+        if base is not None:
+            base_port, _, base_proc = stack.enter_context(router(backends, root=base))
+            targets["baseline"], pids["baseline"] = base_port, base_proc.pid
+            rows["baseline"] = []
+        for port in targets.values():  # warm pools and caches
+            attack(port, args.rate, 2)
+        for _ in range(args.rounds):
+            for name, port in targets.items():
+                cpu = cpu_seconds(pids[name]) if name in pids else None
+                result = attack(port, args.rate, args.seconds)
+                if cpu is not None:
+                    result.cpu_us = ((cpu_seconds(pids[name]) - cpu) * 1e6
+                                     / (result.rps * args.seconds))
+                rows[name].append(result)
+                print(name, rows[name][-1], file=sys.stderr)
+        for name in ("router", "baseline", "nginx"):  # router and baseline back to back
+            if name in targets:
                 saturation[f"{name} x1"] = saturate(targets[name], args.saturation_seconds)
+        stack.close()
         with router(backends, workers=2) as (router_port, _, _), \
                 nginx(proxy_conf(proxy_port, backends, 2)):
             saturation["router x2"] = saturate(router_port, args.saturation_seconds)
             saturation["nginx x2"] = saturate(proxy_port, args.saturation_seconds)
     before, after = buffer_memory(args.buffered)
     return render(args, rows, saturation, before, after)
+
+
+# scale from zero: how a buffered wave is released
+
+
+@dataclass
+class Wave:
+    latencies_ms: list[float]
+    per_replica: list[int]
+    """Requests each replica served, in the order the replicas became ready."""
+    statuses: dict[int, int]
+
+
+async def release_wave(args: argparse.Namespace, release_concurrency: int) -> Wave:
+    """Buffer a wave at zero, start the replicas, publish each when ready; time every request."""
+    replicas_ = args.wave_replicas
+    with router(None, depth=args.wave * 2) as (port, admin, _):
+        url = f"http://127.0.0.1:{port}/v2/models/model/infer"
+        body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
+                            "data": [1, 2, 3, 4]}]}
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=600)) as session:
+            async def one() -> None:
+                began = time.monotonic()
+                async with session.post(url, json=body) as response:
+                    await response.read()
+                latencies.append((time.monotonic() - began) * 1000)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+            wave = [asyncio.create_task(one()) for _ in range(args.wave)]
+            await wait_buffered(session, admin, args.wave)
+            servers = []
+            try:
+                for i in range(replicas_):  # started at once; ready one after another
+                    replica_port = free_port()
+                    servers.append((replica_port, await asyncio.create_subprocess_exec(
+                        sys.executable, str(ROOT / "examples" / "model_server.py"),
+                        "--port", str(replica_port), "--latency", str(args.wave_latency),
+                        "--parallelism", str(args.wave_parallelism),
+                        "--startup-delay", str(i * args.wave_stagger),
+                        stderr=subprocess.DEVNULL)))
+                ready: list[int] = []
+                while len(ready) < replicas_:  # the controller's part: probe, publish
+                    for replica_port, _ in servers:
+                        if replica_port not in ready and await probe(session, replica_port):
+                            ready.append(replica_port)
+                            await publish(session, admin, ready, release_concurrency)
+                    await asyncio.sleep(0.05)
+                await asyncio.gather(*wave)
+                per_replica = [await served(session, p) for p in ready]
+            finally:
+                for _, proc in servers:
+                    proc.terminate()
+                for _, proc in servers:
+                    await proc.wait()
+    return Wave(latencies, per_replica, statuses)
+
+
+async def wait_buffered(session: aiohttp.ClientSession, admin: int, count: int) -> None:
+    for _ in range(6000):
+        async with session.get(f"http://127.0.0.1:{admin}/stats") as response:
+            if (await response.json())["revisions"][0]["buffered"] >= count:
+                return
+        await asyncio.sleep(0.02)
+    raise RuntimeError("the wave was not buffered")
+
+
+async def probe(session: aiohttp.ClientSession, port: int) -> bool:
+    with contextlib.suppress(aiohttp.ClientError):
+        async with session.get(f"http://127.0.0.1:{port}/v2/health/ready",
+                               timeout=aiohttp.ClientTimeout(total=1)) as response:
+            return response.status == 200
+    return False
+
+
+async def publish(session: aiohttp.ClientSession, admin: int, ports: list[int],
+                  release_concurrency: int) -> None:
+    document = {"services": {"model": {
+        "revisions": [{"name": "cold", "weight": 100, "release_concurrency": release_concurrency,
+                       "endpoints": [f"http://127.0.0.1:{p}" for p in ports]}],
+        "buffer": {"depth": 100_000, "timeout_s": 600}}}}
+    async with session.put(f"http://127.0.0.1:{admin}/routes", json=document,
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        response.raise_for_status()
+
+
+async def served(session: aiohttp.ClientSession, port: int) -> int:
+    async with session.get(f"http://127.0.0.1:{port}/debug/requests") as response:
+        return int((await response.json())["count"])
+
+
+def release_section(args: argparse.Namespace) -> str:
+    pace = math.ceil(args.wave_target * args.wave_utilization)
+    runs: dict[str, list[Wave]] = {"unpaced": [], "paced": []}
+    for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both
+        for name, release in (("unpaced", 0), ("paced", pace)):
+            runs[name].append(asyncio.run(release_wave(args, release)))
+            print(name, statistics.median(runs[name][-1].latencies_ms),
+                  runs[name][-1].per_replica, file=sys.stderr)
+
+    def row(name: str, release: int) -> str:
+        waves = runs[name]
+        p50 = statistics.median(quantile(w.latencies_ms, 0.5) for w in waves)
+        p99 = statistics.median(quantile(w.latencies_ms, 0.99) for w in waves)
+        top = statistics.median(max(w.per_replica) for w in waves)
+        idle = statistics.median(sum(1 for n in w.per_replica if n == 0) for w in waves)
+        spreads = "; ".join("/".join(str(n) for n in w.per_replica) for w in waves)
+        ok = all(set(w.statuses) == {200} for w in waves)
+        return (f"| {name} | {release} | {p50:,.0f} | {p99:,.0f} | {top:.0f} | {idle:.0f} | "
+                f"{spreads} | {'all 200' if ok else 'NOT all 200'} |")
+
+    paced_p99 = statistics.median(quantile(w.latencies_ms, 0.99) for w in runs["paced"])
+    unpaced_p99 = statistics.median(quantile(w.latencies_ms, 0.99) for w in runs["unpaced"])
+    return "\n".join([
+        "## Router: releasing a scale-from-zero wave", "",
+        f"Made by `{args.command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores. "
+        f"{args.wave:,} requests wait at a revision with no replica; then {args.wave_replicas} "
+        "reference model servers start at once and become ready "
+        f"{args.wave_stagger:g} s apart (`--startup-delay`), each working on "
+        f"{args.wave_parallelism} requests at a time for {args.wave_latency * 1000:g} ms "
+        "(`--parallelism`, as a GPU or the GIL would; the rest wait inside the server). The "
+        "bench publishes each replica as its readiness passes, as the controller does. "
+        "*unpaced*: no `release_concurrency` (before); *paced*: `release_concurrency` = "
+        f"ceil(target {args.wave_target:g} x targetUtilization {args.wave_utilization:g}) = "
+        f"{pace}, what the controller sets from a concurrency ScalingPolicy. {args.rounds} "
+        "interleaved rounds, median shown; latency is from sending to the whole answer, "
+        "replica start-up included.", "",
+        "| release | release_concurrency | p50 ms | p99 ms | most on one replica | replicas "
+        "with none | served per replica, by readiness, each round | answers |",
+        "|---|---|---|---|---|---|---|---|",
+        row("unpaced", 0), row("paced", pace), "",
+        f"p99 paced / unpaced: {paced_p99 / unpaced_p99:.2f}.", ""])
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 READY_STYLES = {
@@ -377,7 +568,7 @@ side (aiohttp, scipy through the judges) to reach a parser."""
 def cli_section(args: argparse.Namespace) -> str:
     """CPU seconds (user + sys, median of 5) each CLI client takes, with no controller to reach:
     what a person waits for before the first byte goes out."""
-    def cpu_seconds(argv: list[str]) -> float:
+    def cli_cpu(argv: list[str]) -> float:
         samples = []
         for _ in range(5):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -397,12 +588,13 @@ def cli_section(args: argparse.Namespace) -> str:
              "| command | before s | now s |", "|---|---|---|"]
     for argv in CLI_COMMANDS:
         name = " ".join(argv)
-        lines.append(f"| `sluice {name}` | {CLI_BEFORE_S[name]:.2f} | {cpu_seconds(argv):.2f} |")
+        lines.append(f"| `sluice {name}` | {CLI_BEFORE_S[name]:.2f} | {cli_cpu(argv):.2f} |")
     return "\n".join([*lines, ""])
 
 
 SECTIONS = {
     "router": router_section,
+    "release": release_section,
     "coldstart": coldstart_section,
     "simulator": sim_bench.benchmark_section,
     "rollouts": rollout_bench.benchmark_section,
@@ -435,6 +627,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-starts", type=int, default=5)
     parser.add_argument("--start-delay", type=float, default=1.0,
                         help="seconds a replica takes to load in the scale-from-zero lag rows")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure the router at this git revision (router section)")
+    parser.add_argument("--wave", type=int, default=1000, help="requests buffered at zero")
+    parser.add_argument("--wave-replicas", type=int, default=6)
+    parser.add_argument("--wave-stagger", type=float, default=0.3,
+                        help="seconds between replicas becoming ready")
+    parser.add_argument("--wave-latency", type=float, default=0.05)
+    parser.add_argument("--wave-parallelism", type=int, default=4)
+    parser.add_argument("--wave-target", type=float, default=5.0,
+                        help="the ScalingPolicy's concurrency target")
+    parser.add_argument("--wave-utilization", type=float, default=0.7)
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}
@@ -463,25 +666,40 @@ def render(args: argparse.Namespace, rows: dict[str, list[Latency]],
         f"vegeta at {args.rate} RPS for {args.seconds:g} s, {args.rounds} interleaved rounds "
         "(median of rounds shown); backend: nginx `return 200` with a 77-byte JSON body on two "
         "ports; router and nginx both split 90/10 over them with keep-alive upstream pools.", "",
-        "| path | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | success |",
-        "|---|---|---|---|---|---|---|",
+        "| path | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | success | "
+        "proxy CPU µs/request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in rows:
         p50, p99 = median(name, "p50_ms"), median(name, "p99_ms")
+        cpu = (f"{median(name, 'cpu_us'):.0f}" if rows[name][0].cpu_us is not None else "")
         lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {median(name, 'max_ms'):.2f} | "
                      f"{p50 - direct50:+.3f} | {p99 - direct99:+.3f} | "
-                     f"{min(r.success for r in rows[name]):.4f} |")
+                     f"{min(r.success for r in rows[name]):.4f} | {cpu} |")
     added50 = median("router", "p50_ms") - direct50
     added99 = median("router", "p99_ms") - direct99
     lines += ["", f"Targets: added p50 ≤ 1 ms ({'met' if added50 <= 1 else 'MISSED'}: "
               f"{added50:.3f} ms), added p99 ≤ 3 ms ({'met' if added99 <= 3 else 'MISSED'}: "
-              f"{added99:.3f} ms).", "",
+              f"{added99:.3f} ms)."]
+    if "baseline" in rows:
+        base50 = median("baseline", "p50_ms") - direct50
+        base99 = median("baseline", "p99_ms") - direct99
+        lines += ["", f"*baseline* is the router at `{args.baseline}`, run beside the current "
+                  f"one: added p50 {added50:.3f} ms vs {base50:.3f} ms, added p99 "
+                  f"{added99:.3f} ms vs {base99:.3f} ms; CPU per request current / baseline "
+                  f"{median('router', 'cpu_us') / median('baseline', 'cpu_us'):.2f}; "
+                  "saturation current / baseline "
+                  f"{saturation['router x1'] / saturation['baseline x1']:.2f}."]
+    lines += ["",
               "## Router: saturation throughput", "",
               f"wrk, 2 threads, 64 connections, {args.saturation_seconds} s per row.", "",
               "| proxy | workers | requests/s | router / nginx |", "|---|---|---|---|"]
     for workers in (1, 2):
         r, n = saturation[f"router x{workers}"], saturation[f"nginx x{workers}"]
         lines.append(f"| router | {workers} | {r:,.0f} | {r / n:.0%} |")
+        if workers == 1 and "baseline x1" in saturation:
+            b = saturation["baseline x1"]
+            lines.append(f"| baseline ({args.baseline}) | 1 | {b:,.0f} | {b / n:.0%} |")
         lines.append(f"| nginx | {workers} | {n:,.0f} | |")
     ratio = saturation["router x1"] / saturation["nginx x1"]
     per_request_kib = (after - before) * 1024 / args.buffered

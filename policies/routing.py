@@ -6,7 +6,8 @@ YAML on disk and JSON on the router's control API are the same document::
     services:
       fraud-model:
         revisions:
-          - {name: v1, weight: 90, endpoints: ["http://127.0.0.1:9001"], concurrency: 0}
+          - {name: v1, weight: 90, endpoints: ["http://127.0.0.1:9001"], concurrency: 0,
+             release_concurrency: 7}
           - {name: v2, weight: 10, endpoints: []}     # no ready endpoint: buffered
         buffer: {depth: 1000, timeout_s: 300}
         sticky: {header: X-User-Id}
@@ -67,6 +68,14 @@ class Revision(_Model):
         "Ready replicas as http://host:port. Empty: requests are buffered until one appears."))
     concurrency: int = Field(0, ge=0, le=100_000, description=(
         "Most requests in flight per endpoint; 0 = unlimited. Excess waits in the buffer."))
+    release_concurrency: int = Field(0, ge=0, le=100_000, description=(
+        "Requests in flight per endpoint up to which waiting requests are released from the "
+        "buffer; 0 = no pacing. Not a limit: with nothing waiting a request goes straight to "
+        "an endpoint. It paces a scale-from-zero wave: the first replica to become ready takes "
+        "this many, then one more per answer, and the replicas that become ready next share "
+        "the rest, instead of the first one taking the whole wave while the others start. "
+        "The autoscaler sets it from the ScalingPolicy (in-flight requests per replica it "
+        "aims for). With concurrency set too, the smaller one paces. Default 0, as before."))
     unavailable: str | None = Field(None, max_length=500, description=(
         "Why the revision cannot get an endpoint (its replicas fail to start), set by the "
         "autoscaler. While it has no endpoint, its requests get 503 with this reason at once "

@@ -218,6 +218,18 @@ class ScalingPolicy(BaseModel):
         return self.max_replicas or None
 
     @property
+    def release_concurrency(self) -> int:
+        """The route table's ``release_concurrency`` for this revision: the requests in flight
+        per replica the policy aims for, ceil(target x targetUtilization), so a wave buffered
+        at zero is released to each replica at the load it was sized for and the replicas that
+        become ready next share it. 0 (unpaced) for rps and custom metrics, whose target is not
+        a number of requests in flight."""
+        if self.metric_kind is not MetricKind.CONCURRENCY:
+            return 0
+        # - 1e-9: 10 x 0.7 is 7.000000000000001 in floats, and 7 is meant.
+        return max(1, math.ceil(self.target_per_replica * self.target_utilization - 1e-9))
+
+    @property
     def panic_window_s(self) -> float:
         """The panic window in seconds: Knative rounds it to whole seconds, at least one."""
         return float(max(1, round(self.stable_window_s * self.panic_window_percentage / 100)))

@@ -29,8 +29,12 @@ class Window(_Message):
     """Additive totals over one trailing window (1, 6 or 60 s)."""
 
     seconds: float = Field(ge=0, description="The window's length, its current second included.")
-    arrivals: int = Field(ge=0, description="Requests that arrived in it.")
-    inflight_area: float = Field(ge=0, description="Requests in flight times seconds, over it.")
+    arrivals: float = Field(ge=0, description=(
+        "Requests that arrived in it. A whole number from one worker; merged over workers whose "
+        "windows end a few milliseconds apart, each worker's count is scaled to the longest "
+        "window first, so rates add up exactly and the sum may be fractional."))
+    inflight_area: float = Field(ge=0, description=(
+        "Requests in flight times seconds, over it (scaled like arrivals when merged)."))
 
 
 class RawCounters(_Message):
@@ -38,24 +42,49 @@ class RawCounters(_Message):
 
     by_class: list[int] = Field(min_length=STATUS_CLASSES, description=(
         "Requests answered per status class; index 0 holds 499 (the client left)."))
+    by_code: dict[str, int] = Field(default_factory=dict, description=(
+        "Requests answered per exact status ('200', '500', '503'; '499': the client left), "
+        "only the statuses seen. Additive like by_class, which it refines: a 503 the router "
+        "answered (buffer full, shutting down) is not a 500 the replica answered."))
     inflight: int = Field(ge=0, description="Requests at a replica now.")
     buffered: int = Field(ge=0, description="Requests waiting for an endpoint now.")
+    backpressured: int = Field(0, ge=0, description=(
+        "Requests whose replica socket is paused now because their client reads slower than "
+        "the replica sends (a gauge, like inflight)."))
     windows: dict[str, Window]
     latency_buckets: list[int] = Field(description=(
         "Requests per latency bucket; the bounds are Stats.latency_bounds_s, the last bucket "
         "is everything above the last bound."))
     latency_sum_s: float = Field(ge=0)
     latency_count: int = Field(ge=0)
+    latency_min_s: float | None = Field(None, ge=0, description=(
+        "Smallest latency observed (seconds); None before the first answer. Merged as the "
+        "smallest of the workers'. Quantiles are clamped to [min, max]."))
+    latency_max_s: float | None = Field(None, ge=0, description=(
+        "Largest latency observed (seconds); None before the first answer. Merged as the "
+        "largest of the workers'."))
     buffer_waits: int = Field(ge=0)
     buffer_wait_sum_s: float = Field(ge=0)
     buffer_wait_max_s: float = Field(ge=0)
 
 
 class Latency(_Message):
+    """Milliseconds since the router started; quantiles never fall outside [min, max]."""
+
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
+    min: float | None = None
+    max: float | None = None
     count: int = 0
+
+
+class ColdStartWaits(_Message):
+    """Requests that waited in the buffer for an endpoint (at zero, or behind a limit)."""
+
+    count: int = Field(0, ge=0)
+    mean_s: float | None = Field(None, ge=0, description="None before the first wait.")
+    max_s: float = Field(0.0, ge=0)
 
 
 class RevisionStats(_Message):
@@ -66,14 +95,25 @@ class RevisionStats(_Message):
     weight: int
     endpoints: int = Field(ge=0, description="Ready endpoints in the router's table.")
     requests: dict[str, int] = Field(description=(
-        "Answered requests: 'total', '1xx'…'5xx' and '499'."))
+        "Answered requests: 'total', '1xx' to '5xx' and '499' (the client left)."))
     rps: dict[str, float] = Field(description="Arrivals per second over '1s', '6s' and '60s'.")
     inflight: int = Field(ge=0)
     inflight_avg: dict[str, float] = Field(description=(
         "Mean requests in flight at replicas over '1s', '6s' and '60s'."))
     latency_ms: Latency
     buffered: int = Field(ge=0)
+    cold_start_waits: ColdStartWaits = ColdStartWaits()
     raw: RawCounters | None = Field(None, description="Only with ?raw=1.")
+
+
+class WorkerState(_Message):
+    """One data-plane process of a router (``--workers N``)."""
+
+    generation: int = Field(ge=0, description=(
+        "Route tables it has applied, the one it started with included: the same in every "
+        "worker once a PUT has reached them all."))
+    requests: int = Field(ge=0, description=(
+        "Requests it answered for the revisions in its current table."))
 
 
 class Stats(_Message):
@@ -82,6 +122,8 @@ class Stats(_Message):
     revisions: list[RevisionStats]
     latency_bounds_s: list[float] | None = Field(None, description=(
         "Upper bounds of the raw latency buckets (seconds); only with ?raw=1."))
+    workers: list[WorkerState] | None = Field(None, description=(
+        "Each worker process, in a fixed order; only with ?raw=1."))
 
 
 class Poke(_Message):

@@ -1,7 +1,8 @@
 """The admin API: routes, stats, metrics, poke events and health, on its own listener.
 
 Reads are open (the listener is loopback by default); writes need ``Authorization: Bearer
-$SLUICE_ADMIN_TOKEN`` and are refused when no token is configured. A route document is
+$SLUICE_ADMIN_TOKEN`` (that scheme, that token) and are refused when no token is configured.
+The documents are `policies.wire`'s models, the contract with the controller. A route document is
 validated before anything changes: an invalid one gets 400 naming each field and reason, and
 the table that was serving keeps serving.
 """
@@ -13,13 +14,13 @@ import contextlib
 import hmac
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic
 from aiohttp import web
 
-from policies import routing, validation
+from policies import routing, validation, wire
 from router import control as control_
 from router import stats
 
@@ -31,10 +32,19 @@ MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 EVENT_QUEUE = 1000
 """Poke events buffered per subscriber; a subscriber that falls further behind loses events."""
 HEARTBEAT_S = 15.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def workers_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except control_.WorkerUnavailable as error:
+        return web.json_response({"error": str(error)}, status=503, headers={"Retry-After": "1"})
 
 
 def make_app(control: control_.Control, token: str | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_DOCUMENT_BYTES)
+    app = web.Application(client_max_size=MAX_DOCUMENT_BYTES, middlewares=[workers_unavailable])
     app[CONTROL] = control
     app[TOKEN] = token or ""
     app.router.add_get("/healthz", healthz)
@@ -91,17 +101,30 @@ async def get_routes(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROL].document().model_dump(mode="json"))
 
 
+def authorized(header: str, token: str) -> bool:
+    """True for ``Bearer <token>`` exactly (the scheme is case-insensitive, RFC 9110 11.1).
+
+    aiohttp decodes header bytes that are not UTF-8 as surrogates; they are compared as the
+    bytes that came (a mismatch), not re-encoded strictly (a 500)."""
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return False
+    offered = credentials.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(offered, token.encode())
+
+
 async def put_routes(request: web.Request) -> web.Response:
     token = request.app[TOKEN]
     if not token:
         return _error(403, "route writes are disabled: start the router with SLUICE_ADMIN_TOKEN")
-    offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not hmac.compare_digest(offered.encode(), token.encode()):
-        return _error(401, "a valid bearer token is required")
+    if not authorized(request.headers.get("Authorization", ""), token):
+        return _error(401, "a valid bearer token is required: Authorization: Bearer <token>")
     try:
         document = routing.load(await request.json())
     except json.JSONDecodeError as error:
         return _error(400, f"the body is not JSON: {error}")
+    except UnicodeDecodeError:
+        return _error(400, "the body is not UTF-8")
     except pydantic.ValidationError as error:
         return web.json_response(
             {"error": "invalid route table; the previous one keeps serving",
@@ -111,59 +134,60 @@ async def put_routes(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """Per revision figures; ``?raw=1`` adds the additive counters and latency histogram
-    (bucket bounds in ``latency_bounds_s``) that canary analysis compares window by window."""
-    revisions = await _revisions(request.app[CONTROL])
-    body: dict[str, Any] = {"revisions": revisions}
+    """Per revision figures (`wire.Stats`); ``?raw=1`` adds the additive counters and latency
+    histogram (bucket bounds in ``latency_bounds_s``) that canary analysis compares window by
+    window."""
+    snapshot = await stats_snapshot(request.app[CONTROL])
     if request.query.get("raw") == "1":
-        body["latency_bounds_s"] = stats.LATENCY_BOUNDS_S
-    else:
-        for revision in revisions:
-            del revision["raw"]
-    return web.json_response(body)
+        return web.json_response(snapshot.model_dump(mode="json"))
+    return web.json_response(snapshot.model_dump(mode="json", exclude={
+        "latency_bounds_s": True, "workers": True, "revisions": {"__all__": {"raw"}}}))
 
 
-async def _revisions(control: control_.Control) -> list[dict[str, Any]]:
-    """Per revision (in table order): weight, endpoints and merged, summarized stats."""
+async def stats_snapshot(control: control_.Control) -> wire.Stats:
+    """Every revision in table order: weight, endpoints, and its stats merged over workers."""
     raws: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     endpoints: dict[tuple[str, str], int] = {}
+    workers = []
     for worker in await control.raw_stats():
         for entry in worker["revisions"]:
             key = (entry["service"], entry["revision"])
             raws[key].append(entry["raw"])
             endpoints[key] = entry["endpoints"]
-    out = []
+        workers.append(wire.WorkerState(generation=worker["generation"], requests=sum(
+            sum(entry["raw"]["by_code"].values()) for entry in worker["revisions"])))
+    revisions = []
     for service, spec in control.document().services.items():
         for revision in spec.revisions:
             key = (service, revision.name)
             if key in raws:
                 merged = stats.merge(raws[key])
-                out.append({"service": service, "revision": revision.name,
-                            "weight": revision.weight, "endpoints": endpoints[key],
-                            "raw": merged, **stats.summarize(merged)})
-    return out
+                revisions.append(wire.RevisionStats.model_validate({
+                    "service": service, "revision": revision.name, "weight": revision.weight,
+                    "endpoints": endpoints[key], "raw": merged, **stats.summarize(merged)}))
+    return wire.Stats(revisions=revisions, latency_bounds_s=list(stats.LATENCY_BOUNDS_S),
+                      workers=workers)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
+    snapshot = await stats_snapshot(request.app[CONTROL])
+    revisions = [(f'service="{r.service}",revision="{r.revision}"', r, r.raw)
+                 for r in snapshot.revisions if r.raw is not None]
     lines = [
-        "# HELP sluice_router_requests_total Requests answered by status class (499: client left).",
+        "# HELP sluice_router_requests_total Requests answered, by exact status "
+        "(499: the client left).",
         "# TYPE sluice_router_requests_total counter",
     ]
-    revisions = await _revisions(request.app[CONTROL])
-    for r in revisions:
-        labels = f'service="{r["service"]}",revision="{r["revision"]}"'
-        for code, count in r["requests"].items():
-            if code != "total":
-                lines.append(f'sluice_router_requests_total{{{labels},code="{code}"}} {count}')
+    for labels, _, raw in revisions:
+        lines += [f'sluice_router_requests_total{{{labels},code="{code}"}} {count}'
+                  for code, count in sorted(raw.by_code.items())]
     lines += ["# HELP sluice_router_request_duration_seconds Time from arrival to last byte.",
               "# TYPE sluice_router_request_duration_seconds histogram"]
-    for r in revisions:
-        labels = f'service="{r["service"]}",revision="{r["revision"]}"'
-        raw = r["raw"]
+    for labels, _, raw in revisions:
         cumulative = 0
         bounds = iter(stats.PROMETHEUS_BUCKETS_S)
         bound = next(bounds, None)
-        for upper, count in zip(stats.LATENCY_BOUNDS_S, raw["latency_buckets"], strict=False):
+        for upper, count in zip(stats.LATENCY_BOUNDS_S, raw.latency_buckets, strict=False):
             cumulative += count
             if bound is not None and upper == bound:
                 lines.append(f'sluice_router_request_duration_seconds_bucket{{{labels},'
@@ -171,35 +195,42 @@ async def get_metrics(request: web.Request) -> web.Response:
                 bound = next(bounds, None)
         lines += [
             f'sluice_router_request_duration_seconds_bucket{{{labels},le="+Inf"}} '
-            f'{raw["latency_count"]}',
-            f"sluice_router_request_duration_seconds_sum{{{labels}}} {raw['latency_sum_s']}",
-            f"sluice_router_request_duration_seconds_count{{{labels}}} {raw['latency_count']}",
+            f"{raw.latency_count}",
+            f"sluice_router_request_duration_seconds_sum{{{labels}}} {raw.latency_sum_s}",
+            f"sluice_router_request_duration_seconds_count{{{labels}}} {raw.latency_count}",
         ]
-    series: list[tuple[str, str, str, Callable[[dict[str, Any]], Any]]] = [
-        ("inflight_requests", "gauge", "Requests at a replica now.", lambda r: r["inflight"]),
+    series: list[tuple[str, str, str, Callable[[wire.RevisionStats, wire.RawCounters], Any]]] = [
+        ("inflight_requests", "gauge", "Requests at a replica now.", lambda r, _: r.inflight),
         ("buffered_requests", "gauge", "Requests waiting for an endpoint now.",
-         lambda r: r["buffered"]),
-        ("endpoints", "gauge", "Ready endpoints in the route table.", lambda r: r["endpoints"]),
-        ("weight", "gauge", "Traffic weight in the route table.", lambda r: r["weight"]),
+         lambda r, _: r.buffered),
+        ("backpressured_requests", "gauge",
+         "Requests whose replica socket is paused now because the client reads slower.",
+         lambda _, raw: raw.backpressured),
+        ("endpoints", "gauge", "Ready endpoints in the route table.", lambda r, _: r.endpoints),
+        ("weight", "gauge", "Traffic weight in the route table.", lambda r, _: r.weight),
         ("buffer_waits_total", "counter", "Requests that waited for an endpoint.",
-         lambda r: r["raw"]["buffer_waits"]),
+         lambda _, raw: raw.buffer_waits),
         ("buffer_wait_seconds_total", "counter", "Time requests waited for an endpoint.",
-         lambda r: r["raw"]["buffer_wait_sum_s"]),
+         lambda _, raw: raw.buffer_wait_sum_s),
     ]
     for name, kind, help_, value in series:
         lines += [f"# HELP sluice_router_{name} {help_}", f"# TYPE sluice_router_{name} {kind}"]
-        lines += [f'sluice_router_{name}{{service="{r["service"]}",revision="{r["revision"]}"}} '
-                  f"{value(r)}" for r in revisions]
+        lines += [f"sluice_router_{name}{{{labels}}} {value(r, raw)}"
+                  for labels, r, raw in revisions]
+    lines += ["# HELP sluice_router_event_subscribers Open GET /events streams (pokes reach "
+              "these).", "# TYPE sluice_router_event_subscribers gauge",
+              f"sluice_router_event_subscribers {len(request.app[STREAMS])}"]
     return web.Response(text="\n".join(lines) + "\n",
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
-    """Poke events as newline-delimited JSON, as they happen; a blank line every 15 s."""
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(EVENT_QUEUE)
+    """Poke events (`wire.Poke`) as newline-delimited JSON, as they happen; a blank line every
+    15 s. A subscriber that left is noticed at the next write and dropped without a trace."""
+    queue: asyncio.Queue[wire.Poke] = asyncio.Queue(EVENT_QUEUE)
 
-    def listener(event: dict[str, Any]) -> None:
+    def listener(event: wire.Poke) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             queue.put_nowait(event)
 
@@ -216,8 +247,8 @@ async def get_events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await response.write(b"\n")
                 continue
-            await response.write(json.dumps(event).encode() + b"\n")
-    except asyncio.CancelledError:
+            await response.write(event.model_dump_json().encode() + b"\n")
+    except (asyncio.CancelledError, ConnectionError):  # shutting down, or the subscriber left
         return response
     finally:
         request.app[STREAMS].discard(task)

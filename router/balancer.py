@@ -4,8 +4,10 @@ One FIFO per revision holds every request that cannot go to an endpoint yet: whi
 has no ready endpoint (scale from zero: *buffered*) and while every endpoint is at its
 concurrency limit (*queued*). A request never overtakes one that is already waiting. Whenever
 capacity appears (an endpoint finishes a request, or the route table adds endpoints) the head
-of the queue is released, as many as the concurrency limits allow, so a fresh replica is not
-stampeded.
+of the queue is released, as many as the limits allow: the hard concurrency limit, or the
+softer release pace (`release_concurrency`, from the scaling policy's target) when there is no
+hard limit, so the first replica to become ready is not stampeded by a whole scale-from-zero
+wave while the others start.
 
 Endpoint choice is least in-flight of two random choices (P2C): nearly as good as least-loaded
 and O(1). The random source is injected.
@@ -36,11 +38,13 @@ class Waiter(Protocol):
 class Endpoint:
     """One replica: its in-flight count and its pool of idle keep-alive connections."""
 
-    __slots__ = ("host", "idle", "inflight", "port", "removed", "url")
+    __slots__ = ("authority", "host", "idle", "inflight", "port", "removed", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.host, self.port = routing.parse_endpoint(url)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = f"{host}:{self.port}".encode()  # Host for HTTP/1.0 requests without
         self.inflight = 0
         self.idle: list[upstream.UpstreamConnection] = []
         self.removed = False
@@ -54,8 +58,8 @@ class Endpoint:
 class RevisionBackend:
     """A revision's endpoints, concurrency limit, wait queue and stats; survives table swaps."""
 
-    __slots__ = ("depth", "endpoints", "limit", "name", "queue", "revision_header", "rng",
-                 "service", "stats", "timeout_s", "unavailable")
+    __slots__ = ("depth", "endpoints", "limit", "name", "queue", "release_limit",
+                 "revision_header", "rng", "service", "stats", "timeout_s", "unavailable")
 
     def __init__(self, service: str, name: str, stats_: stats.RevisionStats,
                  rng: random.Random) -> None:
@@ -65,19 +69,26 @@ class RevisionBackend:
         self.rng = rng
         self.endpoints: list[Endpoint] = []
         self.limit = 0
+        self.release_limit = 0
         self.depth = 0
         self.timeout_s = 300.0
         self.unavailable: str | None = None
         self.queue: collections.deque[Waiter] = collections.deque()
         self.revision_header = b"X-Sluice-Revision: " + name.encode() + b"\r\n"
 
+    def configure(self, concurrency: int, release_concurrency: int) -> None:
+        """The hard per-endpoint limit, and the pace of releases from the queue: the smaller
+        of the two that are set (0 = not set)."""
+        self.limit = concurrency
+        self.release_limit = min((n for n in (concurrency, release_concurrency) if n), default=0)
+
     def pick(self) -> Endpoint | None:
         """An endpoint with a free slot, or None (no endpoint, all full, or others waiting)."""
         if self.queue:
             return None
-        return self._free_endpoint()
+        return self._free_endpoint(self.limit)
 
-    def _free_endpoint(self) -> Endpoint | None:
+    def _free_endpoint(self, limit: int) -> Endpoint | None:
         endpoints = self.endpoints
         n = len(endpoints)
         if n == 0:
@@ -91,7 +102,6 @@ class RevisionBackend:
                 j += 1
             a, b = endpoints[i], endpoints[j]
             best = a if a.inflight <= b.inflight else b
-        limit = self.limit
         if limit and best.inflight >= limit:
             best = min(endpoints, key=_inflight)
             if best.inflight >= limit:
@@ -115,10 +125,12 @@ class RevisionBackend:
         self.stats.buffered -= 1
 
     def release(self, now: float) -> None:
-        """Hand queued requests to free endpoints, oldest first, as capacity allows."""
+        """Hand queued requests to free endpoints, oldest first, as capacity allows: up to the
+        release limit per endpoint, so endpoints that appear next get a share of a wave."""
         queue = self.queue
+        limit = self.release_limit
         while queue:
-            endpoint = self._free_endpoint()
+            endpoint = self._free_endpoint(limit)
             if endpoint is None:
                 return
             waiter = queue.popleft()

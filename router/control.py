@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
+import pydantic
 
-from policies import routing
+from policies import routing, wire
 from router import worker as worker_
 
-Listener = Callable[[dict[str, Any]], None]
+Listener = Callable[[wire.Poke], None]
+
+
+class WorkerUnavailable(Exception):
+    """A worker process did not answer on its control socket; the admin API answers 503."""
 
 
 class Control(Protocol):
@@ -65,25 +69,45 @@ class FanoutControl:
                                                 timeout=self.TIMEOUT) for path in sockets]
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._relaying = [False] * len(sockets)
         self.stopping = False
 
     def document(self) -> routing.RouteTable:
         return self._document
 
     async def apply(self, document: routing.RouteTable) -> None:
-        body = document.model_dump(mode="json")
-        await asyncio.gather(*(self._call(s, "PUT", "/routes", body) for s in self._sessions))
+        await self._all("PUT", "/routes", document.model_dump(mode="json"))
         self._document = document
 
     async def raw_stats(self) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self._call(s, "GET", "/raw") for s in self._sessions)))
+        return await self._all("GET", "/raw")
+
+    async def _all(self, method: str, path: str, body: Any = None) -> list[Any]:
+        """Every worker's answer. While stopping, a worker that has finished draining and exited
+        is left out (it needs no table and has nothing to count); otherwise a worker that does
+        not answer is WorkerUnavailable, and a table is current only once all took it."""
+        results = await asyncio.gather(*(self._call(s, method, path, body)
+                                         for s in self._sessions), return_exceptions=True)
+        answers = []
+        for index, result in enumerate(results):
+            if isinstance(result, aiohttp.ClientConnectionError) and self.stopping:
+                continue
+            if isinstance(result, aiohttp.ClientError | TimeoutError):
+                raise WorkerUnavailable(f"worker {index} did not answer {method} {path}: "
+                                        f"{type(result).__name__} {result}") from result
+            if isinstance(result, BaseException):
+                raise result
+            answers.append(result)
+        return answers
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
     def ready(self) -> bool:
-        return not self.stopping
+        """Serving: not stopping, and every worker's pokes reach this process's subscribers
+        (a poke fired before the relay subscribed would be lost)."""
+        return not self.stopping and all(self._relaying)
 
     async def _call(self, session: aiohttp.ClientSession, method: str, path: str,
                     body: Any = None) -> Any:
@@ -92,7 +116,7 @@ class FanoutControl:
             return await response.json()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._relay(s)) for s in self._sessions]
+        self._tasks = [asyncio.create_task(self._relay(i)) for i in range(len(self._sessions))]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -101,15 +125,18 @@ class FanoutControl:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in self._sessions))
 
-    async def _relay(self, session: aiohttp.ClientSession) -> None:
+    async def _relay(self, index: int) -> None:
         """Forward one worker's poke events to this process's listeners, reconnecting."""
+        session = self._sessions[index]
         while True:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, pydantic.ValidationError):
                 async with session.get("http://worker/events",
                                        timeout=aiohttp.ClientTimeout(sock_read=60)) as response:
                     async for line in response.content:
+                        self._relaying[index] = True  # the worker's first line: subscribed
                         if line.strip():
-                            event = json.loads(line)
+                            event = wire.Poke.model_validate_json(line)
                             for listener in list(self._listeners):
                                 listener(event)
+            self._relaying[index] = False
             await asyncio.sleep(0.2)

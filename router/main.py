@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import resource
 import signal
@@ -45,24 +46,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class UsageError(Exception):
+    """A command-line value that cannot be used: the message names it and says why."""
+
+
 def settings_from(args: argparse.Namespace) -> RouterSettings:
-    host, port = _host_port(args.listen)
-    admin_host, admin_port = _host_port(args.admin_listen)
+    """The settings from the command line; UsageError names the first bad value."""
+    host, port = _host_port("--listen", args.listen)
+    admin_host, admin_port = _host_port("--admin-listen", args.admin_listen)
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    defaults = RouterSettings()
     overrides: dict[str, Any] = {}
-    fields = {f.name: f for f in dataclasses.fields(RouterSettings)}
     for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            raise SystemExit(f"sluice router: unknown setting {name!r}")
-        kind = type(getattr(RouterSettings(), name))
-        overrides[name] = kind(value)
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise UsageError(f"--set {item}: expected FIELD=VALUE")
+        if name not in _SETTABLE:
+            raise UsageError(f"--set {item}: unknown setting {name!r} "
+                             f"(settings: {', '.join(sorted(_SETTABLE))})")
+        overrides[name] = _setting_value(item, value, type(getattr(defaults, name)))
     return RouterSettings(host=host, port=port, admin_host=admin_host, admin_port=admin_port,
-                          workers=max(1, args.workers), **overrides)
+                          workers=args.workers, **overrides)
 
 
-def _host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host or "127.0.0.1", int(port)
+_SETTABLE = {f.name for f in dataclasses.fields(RouterSettings)} - {
+    "host", "port", "admin_host", "admin_port", "workers"}  # these have their own flags
+
+
+def _setting_value(item: str, text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise UsageError(f"--set {item}: {text!r} is not {noun}") from None
+    if not 0 <= value < math.inf:  # also refuses nan: every setting is a size, count or time
+        raise UsageError(f"--set {item}: must be a finite number >= 0")
+    return value  # type: ignore[no-any-return]
+
+
+def _host_port(flag: str, value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{flag} {value}: expected HOST:PORT with a port from 0 to 65535, "
+                         "e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def load_document(path: Path) -> routing.RouteTable:
@@ -123,7 +151,7 @@ async def serve_worker(settings: RouterSettings, document: routing.RouteTable,
 
 
 async def serve_master(settings: RouterSettings, document: routing.RouteTable,
-                       sockets: list[str], port: int) -> None:
+                       sockets: list[str], port: int, procs: list[subprocess.Popen[bytes]]) -> None:
     fanout = control.FanoutControl(sockets, document)
     fanout.start()
     runner = await _start_site(admin.make_app(fanout, os.environ.get("SLUICE_ADMIN_TOKEN")),
@@ -133,12 +161,28 @@ async def serve_master(settings: RouterSettings, document: routing.RouteTable,
           file=sys.stderr, flush=True)
     await _until_signalled()
     fanout.stopping = True
+    # The admin API stays up while the workers drain: a table published now still reaches them.
+    await asyncio.to_thread(stop_workers, procs, settings.drain_timeout_s + 5)
     await runner.cleanup()
     await fanout.close()
 
 
+def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM every worker (they drain), wait up to grace_s for all, then SIGKILL the rest."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_workers(settings: RouterSettings, argv: list[str],
-                serve: Callable[[list[str], int], None]) -> None:
+                serve: Callable[[list[str], int, list[subprocess.Popen[bytes]]], None]) -> None:
     """Start the worker processes, run the admin API with `serve`, then drain the workers."""
     rundir = tempfile.mkdtemp(prefix="sluice-router-")  # 0700: only we reach the workers
     sockets = [os.path.join(rundir, f"worker-{i}.sock") for i in range(settings.workers)]
@@ -154,17 +198,9 @@ def run_workers(settings: RouterSettings, argv: list[str],
             if time.monotonic() > deadline:
                 raise SystemExit("sluice router: workers did not start within 30 s")
             time.sleep(0.05)
-        serve(sockets, port)
+        serve(sockets, port, procs)
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + settings.drain_timeout_s + 5
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_workers(procs, settings.drain_timeout_s + 5)
         for path in sockets:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -187,8 +223,12 @@ def raise_fd_limit() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except UsageError as error:
+        print(f"sluice router: {error}", file=sys.stderr)
+        return 2
     raise_fd_limit()
-    settings = settings_from(args)
     document = load_document(args.config)
     try:
         import uvloop
@@ -198,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_socket:
         run(serve_worker(settings, document, args.worker_socket))
     elif settings.workers > 1:
-        run_workers(settings, argv,
-                    lambda sockets, port: run(serve_master(settings, document, sockets, port)))
+        run_workers(settings, argv, lambda sockets, port, procs: run(
+            serve_master(settings, document, sockets, port, procs)))
     else:
         run(serve_single(settings, document))
     return 0

@@ -35,6 +35,7 @@ HOP_BY_HOP = frozenset({
 })
 REWRITTEN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect"})
 NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
+CONNECTION_KEYWORDS = (b"keep-alive", b"close")
 
 # Why the client socket is paused; reading resumes when no reason is left.
 PAUSE_BODY = 1  # request body piling up while the request waits for an endpoint
@@ -79,6 +80,16 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
             503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
+def connection_options(value: bytes) -> frozenset[bytes] | None:
+    """Header names a Connection header lists besides keep-alive and close: they are
+    hop-by-hop too (RFC 9110 7.6.1). None for the usual plain keyword."""
+    lowered = value.lower()
+    if lowered in CONNECTION_KEYWORDS:
+        return None
+    named = frozenset(t.strip() for t in lowered.split(b",")) - set(CONNECTION_KEYWORDS)
+    return named or None
+
+
 class ClientConnection(asyncio.Protocol):
     """One client's connection: parses requests and answers them in order."""
 
@@ -115,8 +126,10 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0].encode() if isinstance(peer, tuple) else b"unix"
         worker = self.worker
         if len(worker.clients) >= worker.settings.max_connections:
-            self.send(error_response(503, "too many connections", close=True, retry_after=1))
-            self.transport.close()
+            self.closed = True
+            self.transport.write(error_response(503, "too many connections", close=True,
+                                                retry_after=1))
+            linger_close(self.transport, worker.loop)
             return
         worker.clients.add(self)
         self.deadline = worker.now() + worker.settings.header_timeout_s
@@ -233,10 +246,13 @@ class ClientConnection(asyncio.Protocol):
         chunked = b"transfer-encoding" in hmap
         if length is not None and int(length) > settings.max_body_bytes:
             raise Reject(413, f"request body over {settings.max_body_bytes} bytes")
+        version = parser.get_http_version()
+        if b"host" not in hmap and version != "1.0":  # RFC 9112 3.2; 1.0 gets one upstream
+            raise Reject(400, "an HTTP/1.1 request needs a Host header")
         upgrade = hmap.get(b"upgrade")
         if upgrade is not None and upgrade.lower() != b"h2c":
             raise Reject(501, "protocol upgrades (WebSocket) are not supported")
-        exchange = Exchange(self, parser.get_method(), self._url, parser.get_http_version(),
+        exchange = Exchange(self, parser.get_method(), self._url, version,
                             parser.should_keep_alive(), self._headers, hmap, chunked)
         self.reading = exchange
         has_body = chunked or (length is not None and length != b"0")
@@ -249,10 +265,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = NEVER
             exchange.request_complete = True
         if self.current is None:
-            self.current = exchange
-            if hmap.get(b"expect", b"").lower() == b"100-continue":
-                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-            exchange.dispatch(now)
+            self._start(exchange, now)
         else:
             self.pipeline.append(exchange)
             self.pause(PAUSE_PIPELINE)
@@ -273,6 +286,15 @@ class ClientConnection(asyncio.Protocol):
             exchange.request_done()
 
     # answering
+
+    def _start(self, exchange: Exchange, now: float) -> None:
+        """The exchange's turn: its response is the next one on this connection."""
+        self.current = exchange
+        if (not exchange.request_complete and exchange.version == "1.1"
+                and exchange.hmap.get(b"expect", b"").lower() == b"100-continue"):
+            # A pipelined request's client waits for this too, so it goes out on its turn.
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        exchange.dispatch(now)
 
     def _fail(self, status: int, reason: str) -> None:
         """The request stream is unusable (bad framing, limits): answer once and close."""
@@ -301,10 +323,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.pipeline:
             nxt = self.pipeline.pop(0)
-            self.current = nxt
             if not self.pipeline:
                 self.resume(PAUSE_PIPELINE)
-            nxt.dispatch(self.worker.now())
+            self._start(nxt, self.worker.now())
         elif self.reading is None:
             self.phase = IDLE
             self.deadline = self.worker.now() + self.worker.settings.keepalive_timeout_s
@@ -322,9 +343,39 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.uncork()
+            if self.phase == HEAD or self.phase == BODY:  # the client may still be sending
+                if self.paused:
+                    self.transport.resume_reading()
+                linger_close(self.transport, self.worker.loop)
+                self.connection_lost(None)  # the protocol is swapped: settle exchanges now
+                return
             self.closed = True
             self.worker.clients.discard(self)
             self.transport.close()
+
+
+LINGER_S = 1.0
+"""How long a connection we refused mid-request keeps reading (and dropping) what the client
+still sends before it closes. Closing with unread data resets the connection, and the reset can
+destroy the answer in flight (the client reads ECONNRESET instead of our 413 or 503)."""
+
+
+class Discarding(asyncio.Protocol):
+    """What is left of a refused connection: reads are dropped until the client closes."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+
+def linger_close(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    """Send what is written and a FIN, drop what still comes, close after LINGER_S at most."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    transport.set_protocol(Discarding())
+    loop.call_later(LINGER_S, transport.close)
 
 
 class Exchange:
@@ -477,7 +528,7 @@ class Exchange:
         if client.feeding:  # the body may follow in this same read: send it all at once
             conn.cork()
             client.corked_upstream = conn
-        head = self.head or self._build_head()
+        head = self.head or self._build_head(conn.endpoint)
         if self.body:
             chunks = self.body
             self.body = None
@@ -496,20 +547,17 @@ class Exchange:
         if client.write_paused:
             transport.pause_reading()
 
-    def _build_head(self) -> bytes:
+    def _build_head(self, endpoint: balancer.Endpoint) -> bytes:
         hmap = self.hmap
         client = self.client
         parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
-        for name, value in self.headers:
-            parts += (name, b": ", value, b"\r\n")
         connection = hmap.get(b"connection")
-        if connection and connection.lower() not in (b"keep-alive", b"close"):
-            # Connection may name more hop-by-hop headers (RFC 9110 7.6.1).
-            named = {t.strip().lower() for t in connection.split(b",")}
-            parts = [parts[0], parts[1], parts[2], parts[3]]
-            for name, value in self.headers:
-                if name.lower() not in named:
-                    parts += (name, b": ", value, b"\r\n")
+        named = connection_options(connection) if connection else None
+        for name, value in self.headers:
+            if not named or name.lower() not in named:
+                parts += (name, b": ", value, b"\r\n")
+        if b"host" not in hmap:  # HTTP/1.0 may omit it; HTTP/1.1 requires it
+            parts += (b"Host: ", endpoint.authority, b"\r\n")
         forwarded = hmap.get(b"x-forwarded-for")
         chain = forwarded + b", " + client.peer if forwarded else client.peer
         parts += (b"X-Forwarded-For: ", chain, b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
@@ -556,14 +604,25 @@ class Exchange:
         client = self.client
         parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
         has_length = upstream_chunked = False
+        connection = None
         for name, value in headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
-                upstream_chunked = upstream_chunked or lname == b"transfer-encoding"
+                if lname == b"transfer-encoding":
+                    upstream_chunked = True
+                elif lname == b"connection":
+                    connection = value
                 continue
             if lname == b"content-length":
                 has_length = True
             parts += (name, b": ", value, b"\r\n")
+        if connection is not None:
+            named = connection_options(connection)
+            if named:  # rare: a replica naming its own hop-by-hop headers
+                parts = [*parts[:3], *(p for name, value in headers
+                                       if name.lower() not in HOP_BY_HOP
+                                       and name.lower() not in named
+                                       for p in (name, b": ", value, b"\r\n"))]
         no_body = self.method == b"HEAD" or status in (204, 304)
         self.close_delimited = not (has_length or upstream_chunked or no_body)
         if not has_length and not no_body:
@@ -664,6 +723,8 @@ class Exchange:
             return
         close = self.must_close or not self.request_complete or not self.keep_alive
         self.must_close = close
+        if status == 503 and retry_after is None:
+            retry_after = 1
         client.send(error_response(status, reason, close=close, retry_after=retry_after))
         self.responded = True
         self._finish(status, reuse=False)

@@ -2,11 +2,12 @@
 
 Everything here is updated on the request path, so updates are a few integer operations: no
 allocation, no locks (one event loop per worker). Reading builds a *raw* snapshot whose numbers
-add up across worker processes (counts, histogram buckets, in-flight areas over the same
-windows); `summarize` turns a merged raw snapshot into the figures people and the autoscaler use.
+add up across worker processes (counts per exact status, histogram buckets, smallest and largest
+latency, rates over the 1/6/60 s windows: `merge`); `summarize` turns a merged raw snapshot into
+the figures people and the autoscaler use. The documents' shapes are `policies.wire`'s models.
 
 Windows are measured on the loop's monotonic clock, which is the same clock in every process
-on the machine, so workers' windows line up and can be summed.
+on the machine, so workers' windows cover the same seconds, up to when each took its snapshot.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import bisect
 import math
 from typing import Any
+
+from policies import wire
 
 WINDOWS_S = (1, 6, 60)
 """Rate and in-flight windows reported: Knative's panic (6 s) and stable (60 s) windows, and 1 s."""
@@ -48,20 +51,24 @@ class RevisionStats:
         "buffer_wait_sum_s",
         "buffer_waits",
         "buffered",
-        "by_class",
+        "by_code",
         "inflight",
         "latency_buckets",
         "latency_count",
+        "latency_max_s",
+        "latency_min_s",
         "latency_sum_s",
     )
 
     def __init__(self, now: float) -> None:
-        self.by_class = [0] * 7  # index = status // 100; slot 0 holds 499 (client gone)
+        self.by_code = [0] * 600  # index = status (100-599; 499: the client left)
         self.inflight = 0
         self.buffered = 0
         self.latency_buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self.latency_sum_s = 0.0
         self.latency_count = 0
+        self.latency_min_s = math.inf
+        self.latency_max_s = 0.0
         self.buffer_waits = 0
         self.buffer_wait_sum_s = 0.0
         self.buffer_wait_max_s = 0.0
@@ -97,11 +104,15 @@ class RevisionStats:
         self.inflight += delta
 
     def answered(self, status: int, latency_s: float) -> None:
-        """A request ended with this status (499: the client left) after latency_s."""
-        self.by_class[0 if status == 499 else status // 100] += 1
+        """A request ended with this status (100-599; 499: the client left) after latency_s."""
+        self.by_code[status] += 1
         self.latency_buckets[bisect.bisect_left(LATENCY_BOUNDS_S, latency_s)] += 1
         self.latency_sum_s += latency_s
         self.latency_count += 1
+        if latency_s > self.latency_max_s:
+            self.latency_max_s = latency_s
+        if latency_s < self.latency_min_s:
+            self.latency_min_s = latency_s
 
     def waited(self, wait_s: float) -> None:
         """A request left the buffer for an endpoint after waiting this long."""
@@ -110,8 +121,9 @@ class RevisionStats:
         if wait_s > self.buffer_wait_max_s:
             self.buffer_wait_max_s = wait_s
 
-    def raw(self, now: float) -> dict[str, Any]:
-        """Additive snapshot; see `merge` and `summarize`."""
+    def raw(self, now: float, backpressured: int = 0) -> dict[str, Any]:
+        """Additive snapshot (`wire.RawCounters`); see `merge` and `summarize`. The worker
+        counts `backpressured` (requests whose replica socket a slow client paused)."""
         self._advance(now)
         cur = self._sec % _RING
         partial = now - self._sec
@@ -124,89 +136,125 @@ class RevisionStats:
                 "arrivals": sum(self._arrivals[s] for s in slots),
                 "inflight_area": sum(self._area[s] for s in slots),
             }
+        by_code = {str(code): n for code, n in enumerate(self.by_code) if n}
         return {
-            "by_class": list(self.by_class),
+            "by_class": by_class(by_code),
+            "by_code": by_code,
             "inflight": self.inflight,
             "buffered": self.buffered,
+            "backpressured": backpressured,
             "windows": windows,
             "latency_buckets": list(self.latency_buckets),
             "latency_sum_s": self.latency_sum_s,
             "latency_count": self.latency_count,
+            "latency_min_s": self.latency_min_s if self.latency_count else None,
+            "latency_max_s": self.latency_max_s if self.latency_count else None,
             "buffer_waits": self.buffer_waits,
             "buffer_wait_sum_s": self.buffer_wait_sum_s,
             "buffer_wait_max_s": self.buffer_wait_max_s,
         }
 
 
+def by_class(by_code: dict[str, int]) -> list[int]:
+    """Counts per status class: 1xx to 5xx at their index, 499 (the client left) at index 0."""
+    classes = [0] * wire.STATUS_CLASSES
+    for code, count in by_code.items():
+        classes[0 if code == "499" else int(code) // 100] += count
+    return classes
+
+
 def merge(raws: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the raw snapshots of the same revision from several workers."""
-    first, rest = raws[0], raws[1:]
-    out: dict[str, Any] = {
-        "by_class": list(first["by_class"]),
-        "latency_buckets": list(first["latency_buckets"]),
-        "windows": {k: dict(v) for k, v in first["windows"].items()},
+    """Add up the raw snapshots of the same revision from several workers.
+
+    Counts, histogram buckets and in-flight add up. Windows are rates: each worker's window ends
+    when it took its snapshot, so two workers' windows differ by milliseconds, or by a whole
+    second when the snapshots straddle a second. Each worker's arrivals and in-flight area are
+    scaled to the longest window before they are added, so the merged rate is the sum of the
+    workers' rates (adding raw areas over unequal windows would undercount the shorter one).
+    """
+    by_code: dict[str, int] = {}
+    for raw in raws:
+        for code, count in raw["by_code"].items():
+            by_code[code] = by_code.get(code, 0) + count
+    windows = {}
+    for key in raws[0]["windows"]:
+        parts = [raw["windows"][key] for raw in raws]
+        seconds = max(w["seconds"] for w in parts)
+        windows[key] = {
+            "seconds": seconds,
+            "arrivals": sum(w["arrivals"] * seconds / w["seconds"] for w in parts if w["seconds"]),
+            "inflight_area": sum(
+                w["inflight_area"] * seconds / w["seconds"] for w in parts if w["seconds"]),
+        }
+    mins = [raw["latency_min_s"] for raw in raws if raw["latency_min_s"] is not None]
+    maxes = [raw["latency_max_s"] for raw in raws if raw["latency_max_s"] is not None]
+    return {
+        "by_class": by_class(by_code),
+        "by_code": by_code,
+        "windows": windows,
+        "latency_buckets": [sum(b) for b in zip(*(r["latency_buckets"] for r in raws),
+                                                 strict=True)],
+        "latency_min_s": min(mins) if mins else None,
+        "latency_max_s": max(maxes) if maxes else None,
+        **{key: sum(raw[key] for raw in raws)
+           for key in ("inflight", "buffered", "backpressured", "latency_sum_s", "latency_count",
+                       "buffer_waits", "buffer_wait_sum_s")},
+        "buffer_wait_max_s": max(raw["buffer_wait_max_s"] for raw in raws),
     }
-    for key in ("inflight", "buffered", "latency_sum_s", "latency_count", "buffer_waits",
-                "buffer_wait_sum_s", "buffer_wait_max_s"):
-        out[key] = first[key]
-    for raw in rest:
-        out["by_class"] = [a + b for a, b in zip(out["by_class"], raw["by_class"], strict=True)]
-        out["latency_buckets"] = [
-            a + b for a, b in zip(out["latency_buckets"], raw["latency_buckets"], strict=True)]
-        for k, window in raw["windows"].items():
-            mine = out["windows"][k]
-            mine["arrivals"] += window["arrivals"]
-            mine["inflight_area"] += window["inflight_area"]
-            mine["seconds"] = max(mine["seconds"], window["seconds"])
-        for key in ("inflight", "buffered", "latency_sum_s", "latency_count", "buffer_waits",
-                    "buffer_wait_sum_s"):
-            out[key] += raw[key]
-        out["buffer_wait_max_s"] = max(out["buffer_wait_max_s"], raw["buffer_wait_max_s"])
-    return out
 
 
-def quantile(buckets: list[int], q: float) -> float | None:
-    """The q-quantile (seconds) from histogram buckets, interpolated inside its bucket."""
+def quantile(buckets: list[int], q: float, lowest: float | None = None,
+             highest: float | None = None) -> float | None:
+    """The q-quantile (seconds) from histogram buckets, interpolated inside its bucket and
+    clamped to the smallest and largest observation when they are known: interpolation alone
+    can put p99 of one 3.95 s request at 4.1 s, above anything that happened."""
     total = sum(buckets)
     if total == 0:
         return None
     rank = q * total
     seen = 0
+    value = LATENCY_BOUNDS_S[-1]
     for i, count in enumerate(buckets):
         if count and seen + count >= rank:
             lower = LATENCY_BOUNDS_S[i - 1] if i > 0 else 0.0
             upper = LATENCY_BOUNDS_S[i] if i < len(LATENCY_BOUNDS_S) else lower
-            return lower + (upper - lower) * (rank - seen) / count
+            value = lower + (upper - lower) * (rank - seen) / count
+            break
         seen += count
-    return LATENCY_BOUNDS_S[-1]
+    if highest is not None:
+        value = min(value, highest)
+    if lowest is not None:
+        value = max(value, lowest)
+    return value
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     """The public per-revision figures of GET /stats."""
-    by_class = raw["by_class"]
+    by_class_ = raw["by_class"]
     buckets = raw["latency_buckets"]
     windows = raw["windows"]
+    lowest, highest = raw["latency_min_s"], raw["latency_max_s"]
 
     def per_window(value: str) -> dict[str, float]:
         return {f"{k}s": round(w[value] / w["seconds"], 3) if w["seconds"] > 0 else 0.0
                 for k, w in windows.items()}
 
-    def ms(q: float) -> float | None:
-        value = quantile(buckets, q)
-        return None if value is None else round(value * 1000, 3)
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else round(seconds * 1000, 3)
 
     waits = raw["buffer_waits"]
     return {
         "requests": {
-            "total": sum(by_class),
-            **{f"{c}xx": by_class[c] for c in range(1, 6)},
-            "499": by_class[0],
+            "total": sum(by_class_),
+            **{f"{c}xx": by_class_[c] for c in range(1, wire.STATUS_CLASSES)},
+            "499": by_class_[0],
         },
         "rps": per_window("arrivals"),
         "inflight": raw["inflight"],
         "inflight_avg": per_window("inflight_area"),
-        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99),
-                       "count": raw["latency_count"]},
+        "latency_ms": {**{f"p{round(q * 100)}": ms(quantile(buckets, q, lowest, highest))
+                          for q in (0.5, 0.9, 0.99)},
+                       "min": ms(lowest), "max": ms(highest), "count": raw["latency_count"]},
         "buffered": raw["buffered"],
         "cold_start_waits": {
             "count": waits,

@@ -54,7 +54,10 @@ class ServiceRoute:
         if pinned is not None:
             backend = self.by_name.get(pinned)
             if backend is None:
-                raise RouteError(404, f"service {self.name} has no revision {pinned.decode()!r}")
+                if not pinned.isascii():
+                    raise RouteError(400, "X-Sluice-Revision must be a revision name (ASCII)")
+                raise RouteError(404, f"service {self.name} has no revision "
+                                      f"{pinned.decode('ascii')!r}")
             return backend
         try:
             key = self._sticky_key(headers) if self.sticky_header or self.sticky_cookie else None

@@ -82,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp takes any three digits
+            raise ValueError(f"status {status}")  # -> malformed response, 502
         self._informational = status < 200  # 1xx: not forwarded, the real head follows
         if not self._informational and self.exchange is not None:
             self.exchange.response_head(status, self._reason, self._headers)

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from policies import routing
+from policies import routing, wire
 from router import balancer, proxy, stats, table
 from router.settings import RouterSettings
 
-PokeListener = Callable[[dict[str, Any]], None]
+PokeListener = Callable[[wire.Poke], None]
 
 
 class Worker:
@@ -57,8 +57,8 @@ class Worker:
 
     def poke(self, backend: balancer.RevisionBackend) -> None:
         """The first request buffered for a revision with no endpoint: tell subscribers now."""
-        event = {"type": "poke", "service": backend.service, "revision": backend.name,
-                 "buffered": backend.stats.buffered, "time": time.time()}
+        event = wire.Poke(service=backend.service, revision=backend.name,
+                          buffered=backend.stats.buffered, time=time.time())
         for listener in list(self._listeners):
             listener(event)
 
@@ -78,7 +78,7 @@ class Worker:
             key = (service, revision.name)
             backend = self.backends.get(key) or balancer.RevisionBackend(
                 service, revision.name, stats.RevisionStats(now), self.rng)
-            backend.limit = revision.concurrency
+            backend.configure(revision.concurrency, revision.release_concurrency)
             backend.depth = spec.buffer.depth
             backend.timeout_s = spec.buffer.timeout_s
             backend.unavailable = revision.unavailable
@@ -113,11 +113,17 @@ class Worker:
 
     def raw_stats(self) -> dict[str, Any]:
         now = self.now()
+        backpressured: dict[balancer.RevisionBackend, int] = {}
+        for exchange in self.active:  # the transports' own state, not our flags
+            conn = exchange.upstream
+            if conn is not None and conn.transport is not None \
+                    and not conn.transport.is_reading() and exchange.backend is not None:
+                backpressured[exchange.backend] = backpressured.get(exchange.backend, 0) + 1
         return {
             "generation": self.generation,
             "revisions": [
                 {"service": b.service, "revision": b.name, "endpoints": len(b.endpoints),
-                 "raw": b.stats.raw(now)}
+                 "raw": b.stats.raw(now, backpressured.get(b, 0))}
                 for b in self.backends.values()
             ],
         }
@@ -172,7 +178,10 @@ class Worker:
             c.current is not None for c in self.clients)
 
     async def drain(self) -> None:
-        """Stop accepting, finish what is in flight or buffered (up to the drain timeout)."""
+        """Stop accepting, finish what is in flight or buffered (up to the drain timeout: the
+        table can still change, so buffered requests are served if endpoints appear), then
+        answer what is left 503. A response already under way cannot change its status: it is
+        cut, so the client sees it incomplete."""
         self.draining = True
         if self.server is not None:
             self.server.close()
@@ -182,9 +191,13 @@ class Worker:
         if self.busy():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), self.settings.drain_timeout_s)
+        reason = "the router is shutting down"
         for backend in self.backends.values():
-            backend.reject_all(503, "the router is shutting down")
+            backend.reject_all(503, reason)
         for client in list(self.clients):
+            exchange = client.current
+            if exchange is not None:  # at a replica, or connecting to one
+                exchange.answer(503, reason)
             client.close()
         for task in list(self._tasks):
             task.cancel()

@@ -447,11 +447,8 @@ class Core:
             name=revision.target.revision, weight=revision.weight,
             endpoints=revision.replicas.endpoints(), concurrency=revision.target.concurrency,
             unavailable=revision.replicas.failure or revision.parked,
-            # The pace at which a router releases the buffer to endpoints with no hard
-            # concurrency limit (issue 12, item 5) goes here, derived from
-            # revision.target.policy (e.g. its concurrency target), once routing.Revision has
-            # the field.
-        )
+            # A wave released from the buffer is shared by the replicas that become ready.
+            release_concurrency=revision.target.policy.release_concurrency)
 
     # reporting and stopping
 

@@ -63,10 +63,9 @@ class Router:
                 "--admin-listen", f"127.0.0.1:{self.admin_port}", "--workers", str(workers)]
         for name, value in (settings or {}).items():
             argv += ["--set", f"{name}={value}"]
+        # Ready means every worker listens and its pokes reach the admin API's /events.
         self.proc = procs.Proc.start(argv, ready_url=f"{self.admin}/readyz",
                                      env={"SLUICE_ADMIN_TOKEN": TOKEN}, cwd=str(ROOT))
-        if workers > 1:  # the admin API is up before every worker listens
-            self.proc.wait_ready(self.url + "/", status=None)
 
     async def put_routes(self, document: dict, token: str = TOKEN) -> aiohttp.ClientResponse:
         async with aiohttp.ClientSession() as session, session.put(
@@ -114,6 +113,17 @@ class ModelServer:
 
     def stop(self) -> int | None:
         return self.proc.close()
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to a loopback port; everything that comes back until the peer closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
 
 
 def service(*revisions: dict, **extra) -> dict:

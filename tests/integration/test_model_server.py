@@ -319,7 +319,8 @@ async def test_request_ids_are_recorded_once_each_in_arrival_order(
 
     state = await debug_state(session, base)
     # The request without an id counts but records nothing; the 404 was never admitted.
-    assert state == {"count": 10, "ids": sent, "inflight": 0, "max_inflight": 1, "rejected": 0}
+    assert state == {"count": 10, "ids": sent, "inflight": 0, "max_inflight": 1, "rejected": 0,
+                     "working": 0, "waiting": 0}
 
     assert (await call(session, "POST", base + "/debug/reset"))[0] == 200
     assert (await debug_state(session, base))["ids"] == []
@@ -389,3 +390,53 @@ async def test_knobs_come_from_sluice_ms_environment_variables(
                         f"http://127.0.0.1:{other_port}/v2/models/flag/ready", env=env)
     assert other.returncode is None
     assert f"ready on {base}" in proc.output()
+
+
+async def test_a_client_that_leaves_mid_request_or_mid_stream_leaves_no_traceback(
+        procs: ProcGroup, session: aiohttp.ClientSession) -> None:
+    proc, base = start_server(procs)
+    port = int(base.rsplit(":", 1)[1])
+    # Mid-body: the handler is reading the request when the connection goes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: m\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inst")
+    await wait_for_state(session, base, lambda state: state["inflight"] == 1)
+    writer.transport.abort()
+    await wait_for_state(session, base, lambda state: state["inflight"] == 0)
+    # Mid-stream: the client stops reading a token stream, so the server waits to write, and
+    # then the connection goes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps({"text_input": "x", "parameters": {"max_tokens": ENDLESS_TOKENS}}).encode()
+    writer.write(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: m\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                 + body)
+    await reader.readuntil(b"data: ")
+    writer.transport.abort()
+    await wait_for_state(session, base, lambda state: state["inflight"] == 0)
+    output = proc.output()
+    assert "Traceback" not in output and "Connection lost" not in output, output
+
+
+async def test_debug_headers_echo_the_request_as_received(
+        procs: ProcGroup, session: aiohttp.ClientSession) -> None:
+    _, base = start_server(procs)
+    async with session.post(base + "/debug/headers?q=1", data=b"ignored",
+                            headers=[("X-Twice", "a"), ("X-Twice", "b")]) as response:
+        echoed = await response.json()
+    assert (echoed["method"], echoed["path"], echoed["version"]) == ("POST", "/debug/headers?q=1",
+                                                                     "1.1")
+    assert [value for name, value in echoed["headers"] if name == "X-Twice"] == ["a", "b"]
+    assert (await debug_state(session, base))["count"] == 0  # not inference
+
+
+async def test_parallelism_makes_requests_wait_inside_the_server(
+        procs: ProcGroup, session: aiohttp.ClientSession) -> None:
+    _, base = start_server(procs, "--parallelism", "2", "--latency", "600", "--drain-timeout", "0")
+    calls = [asyncio.create_task(call(session, "POST", base + PREDICT, json={"instances": ROWS}))
+             for _ in range(4)]
+    state = await wait_for_state(session, base,
+                                 lambda state: state["working"] + state["waiting"] == 4)
+    assert (state["working"], state["waiting"]) == (2, 2)  # admitted, no 503
+    for task in calls:
+        task.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)

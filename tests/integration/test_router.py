@@ -18,14 +18,15 @@ import httptools
 import pytest
 
 from tests import procs
-from tests.integration.conftest import INFER, PAYLOAD, service
+from tests.integration import replicas
+from tests.integration.conftest import INFER, PAYLOAD, raw_exchange, service
 
 pytestmark = pytest.mark.integration
 
 
-def revision(name, weight=100, endpoints=(), concurrency=0):
+def revision(name, weight=100, endpoints=(), concurrency=0, **extra):
     return {"name": name, "weight": weight, "endpoints": list(endpoints),
-            "concurrency": concurrency}
+            "concurrency": concurrency, **extra}
 
 
 async def infer(session, router, request_id=None, **headers):
@@ -34,17 +35,6 @@ async def infer(session, router, request_id=None, **headers):
     async with session.post(router.url + INFER, json=PAYLOAD, headers=headers) as response:
         await response.read()
         return response
-
-
-async def raw_exchange(router, data: bytes) -> bytes:
-    """Send raw bytes, return everything the router sends until it closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
 
 
 async def test_scale_from_zero_serves_every_buffered_request_once_in_order(
@@ -74,6 +64,33 @@ async def test_scale_from_zero_serves_every_buffered_request_once_in_order(
     assert stats["requests"]["2xx"] == 500
     assert stats["buffered"] == 0
     assert stats["cold_start_waits"]["count"] == 500
+
+
+async def test_a_wave_at_zero_is_released_at_the_policy_pace_so_later_replicas_share_it(
+        start_router):
+    """40 requests wait at zero; with release_concurrency 4 and no hard limit the first ready
+    replica takes 4, the next one published takes 4 more, and the rest wait for answers.
+    Without the pace the first replica took all 40 (issue 12: 496 of 1,000 at once)."""
+    gate = asyncio.Event()
+    paced = {"release_concurrency": 4, "concurrency": 0}
+    async with replicas.Replica(replicas.held_until(gate)) as first, \
+            replicas.Replica(replicas.held_until(gate)) as second:
+        router = start_router(service(revision("v1", **paced)))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            waiting = [asyncio.create_task(infer(session, router)) for _ in range(40)]
+            await router.wait_for(lambda s: s["v1"]["buffered"] == 40)
+            await router.put_routes(service(revision("v1", endpoints=[first.url], **paced)))
+            one = (await router.stats())["v1"]  # the release happened inside the PUT
+            await router.put_routes(service(revision(
+                "v1", endpoints=[first.url, second.url], **paced)))
+            two = (await router.stats())["v1"]
+            gate.set()
+            statuses = [r.status for r in await asyncio.gather(*waiting)]
+        assert (one["inflight"], one["buffered"]) == (4, 36)
+        assert (two["inflight"], two["buffered"]) == (8, 32)
+        assert statuses == [200] * 40
+        assert len(first.heads) + len(second.heads) == 40
+        assert len(second.heads) >= 4
 
 
 async def test_buffer_overflow_gets_503_with_retry_after_at_once(start_router):
@@ -247,10 +264,11 @@ async def test_oversized_bodies_get_413_and_never_reach_a_replica(
     router = start_router(service(revision("v1", endpoints=[server.url])),
                           settings={"max_body_bytes": 1024})
     big = b"x" * 2048
-    declared = await raw_exchange(router, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
-                                  b"Content-Length: 2048\r\n\r\n" + big)
+    declared = await raw_exchange(
+        router.port, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
+        b"Content-Length: 2048\r\n\r\n" + big)
     chunked = await raw_exchange(
-        router, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
+        router.port, b"POST /v1/models/model:predict HTTP/1.1\r\nHost: m\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n800\r\n" + big + b"\r\n0\r\n\r\n")
     assert declared.startswith(b"HTTP/1.1 413 ")
     assert chunked.startswith(b"HTTP/1.1 413 ")
@@ -270,12 +288,16 @@ async def test_oversized_bodies_get_413_and_never_reach_a_replica(
                  id="oversized-headers"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: m\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
                  501, id="websocket-upgrade"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"zz\r\nabc\r\n0\r\n\r\n", 400, id="bad-chunk-size"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabcXY0\r\n\r\n", 400, id="chunk-longer-than-its-size"),
 ])
 async def test_malformed_requests_get_4xx_and_others_are_served(
         start_router, start_model_server, data, status):
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
-    answer = await raw_exchange(router, data)
+    answer = await raw_exchange(router.port, data)
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     async with aiohttp.ClientSession() as session:
         assert (await infer(session, router)).status == 200
@@ -300,9 +322,11 @@ async def test_pipelined_requests_are_answered_in_order(start_router, start_mode
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
     reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
-    writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: m\r\nX-Request-Id: first\r\n\r\n"
-                 b"GET /v2/models/model HTTP/1.1\r\nHost: m\r\nX-Request-Id: second\r\n\r\n"
-                 b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: first\r\n\r\n"
+                 b"POST /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: second\r\n"
+                 b"Content-Length: 2\r\n\r\n{}"
+                 b"GET /debug/headers HTTP/1.1\r\nHost: m\r\nX-Request-Id: third\r\n"
+                 b"Connection: close\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 30)
     writer.close()
 
@@ -318,8 +342,9 @@ async def test_pipelined_requests_are_answered_in_order(start_router, start_mode
 
     responses = Responses()
     httptools.HttpResponseParser(responses).feed_data(data)
-    assert len(responses.bodies) == 3
-    assert b'"name"' in responses.bodies[1]  # the model metadata answered second
+    answered = [(json.loads(body)["method"], dict(json.loads(body)["headers"])["X-Request-Id"])
+                for body in responses.bodies]
+    assert answered == [("GET", "first"), ("POST", "second"), ("GET", "third")]
 
 
 async def test_several_workers_share_the_port_and_count_every_request(
@@ -352,8 +377,9 @@ async def test_h2c_upgrade_offer_is_declined_and_the_connection_goes_on(
     server = start_model_server()
     router = start_router(service(revision("v1", endpoints=[server.url])))
     answer = await raw_exchange(
-        router, b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\nConnection: Upgrade, HTTP2-Settings"
-        b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        router.port, b"GET /v2/health/live HTTP/1.1\r\nHost: m\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
         b"GET /v2/health/ready HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 2
     assert b"101" not in answer.split(b"\r\n", 1)[0]

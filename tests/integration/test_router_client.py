@@ -14,6 +14,16 @@ from tests.integration.conftest import INFER, PAYLOAD, TOKEN, service
 pytestmark = pytest.mark.integration
 
 
+async def subscribed(session, router) -> None:
+    """Until the router counts one /events subscriber (its own gauge in /metrics)."""
+    for _ in range(1500):
+        async with session.get(router.admin + "/metrics") as response:
+            if "\nsluice_router_event_subscribers 1\n" in await response.text():
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the client never subscribed to /events")
+
+
 def revision(name, weight, endpoints=()):
     return {"name": name, "weight": weight, "endpoints": list(endpoints)}
 
@@ -53,21 +63,13 @@ async def test_publish_then_poke_reaches_the_subscriber(start_router):
         client = routers.RouterClient([routers.Router(router.admin, TOKEN)], session)
         await client.publish(routing.load(service(revision("v1", 100), revision("v2", 0))))
         follower = asyncio.create_task(client.pokes(on_poke))
-        # A poke fires when a revision's empty queue gets a request. Until the subscription is
-        # open pokes are missed, so queue a request, and if none arrives, leave and queue again.
-        for _ in range(50):
-            request = asyncio.create_task(session.post(
-                router.url + INFER, json=PAYLOAD, headers={"X-Sluice-Revision": "v2"}))
-            try:
-                await asyncio.wait_for(poked.wait(), 0.5)
-                break
-            except TimeoutError:
-                pass
-            finally:
-                request.cancel()
-                await asyncio.gather(request, return_exceptions=True)
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
+        await subscribed(session, router)  # a poke fired before that would be missed
+        request = asyncio.create_task(session.post(
+            router.url + INFER, json=PAYLOAD, headers={"X-Sluice-Revision": "v2"}))
+        await asyncio.wait_for(poked.wait(), 30)
+        for task in (request, follower):
+            task.cancel()
+        await asyncio.gather(request, follower, return_exceptions=True)
     assert (pokes[0].service, pokes[0].revision) == ("model", "v2")
 
 

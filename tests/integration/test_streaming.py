@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -43,7 +44,7 @@ async def test_a_whole_stream_arrives_in_order(start_router, start_model_server)
     assert events[-1]["finished"] is True
 
 
-async def test_chunked_request_body_is_streamed_to_the_replica(start_router, start_model_server):
+async def test_a_chunked_request_body_arrives_whole(start_router, start_model_server):
     server = start_model_server()
     router = start_router(one_revision(server))
     payload = json.dumps({"instances": [[0.1, 0.2, 0.3, 0.4]] * 200}).encode()
@@ -57,3 +58,23 @@ async def test_chunked_request_body_is_streamed_to_the_replica(start_router, sta
         assert response.status == 200
         assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
         assert len((await response.json())["predictions"]) == 200
+
+
+async def test_the_replica_gets_the_first_chunk_before_the_client_sends_the_last(
+        start_router, start_model_server):
+    """Full duplex through the router: the replica (/debug/echo) sends each piece of the body
+    back as it arrives, and the client sends the last chunk only after it has read the first
+    one back. A router that held the body until it was complete would never answer."""
+    server = start_model_server()
+    router = start_router(one_revision(server))
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(b"POST /debug/echo HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"b\r\nfirst-chunk\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    echoed = await asyncio.wait_for(reader.readuntil(b"first-chunk"), 30)
+    writer.write(b"a\r\nlast-chunk\r\n0\r\n\r\n")
+    rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 30)
+    writer.close()
+    assert b"last-chunk" in rest
+    assert b"last-chunk" not in echoed

@@ -166,6 +166,7 @@ async def test_a_revision_added_at_runtime_is_decided_on_the_next_tick_and_publi
     assert routers.revisions() == {"model": ["v1", "v2"]}
     v2 = routers.tables[-1].services["model"].revisions[1]
     assert (v2.weight, len(v2.endpoints)) == (0, 2)
+    assert v2.release_concurrency == 1  # a wave is paced at the policy's concurrency target
 
 
 async def test_a_removed_revision_leaves_the_table_then_goes_to_zero_and_its_state_is_dropped():

@@ -178,3 +178,17 @@ def test_schema_describes_every_field_and_carries_bounds():
     assert properties["stableWindowSeconds"]["minimum"] == 6
     assert properties["panicThresholdPercentage"]["maximum"] == 1000
     assert properties["gpuResource"]["pattern"] == scaling.GPU_RESOURCE_PATTERN
+
+
+@pytest.mark.parametrize(("policy", "pace"), [
+    pytest.param({"metric": "concurrency", "target": 5}, 4, id="5x0.7"),
+    pytest.param({"metric": "concurrency", "target": 10, "targetUtilization": 1.0}, 10,
+                 id="exact"),
+    pytest.param({"metric": "concurrency", "target": 1, "targetUtilization": 0.1}, 1,
+                 id="at-least-one"),
+    pytest.param({"metric": "concurrency"}, 70, id="knative-default-100x0.7"),
+    pytest.param({"metric": "rps", "target": 50}, 0, id="rps-unpaced"),
+    pytest.param({"metric": "custom:kv", "target": 0.8}, 0, id="custom-unpaced"),
+])
+def test_release_pace_for_the_route_table(policy, pace):
+    assert scaling.load_policy(policy).release_concurrency == pace
