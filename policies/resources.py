@@ -340,6 +340,13 @@ class RolloutStatus(_ResourceModel):
         None, ge=0, le=rollout.FULL_WEIGHT,
         description="Percent of the service's traffic the canary gets now.",
     )
+    verdict: str | None = Field(
+        None, max_length=32,
+        description="The last analysis' outcome: pass, fail, inconclusive, or missing (no data).",
+    )
+    message: str | None = Field(
+        None, max_length=4096, description="Why the rollout is where it is, in a sentence.",
+    )
     conditions: Conditions = Field(
         default_factory=list, description="The current conditions, at most one per type."
     )
@@ -352,6 +359,14 @@ class RolloutStatus(_ResourceModel):
             },
         ),
     ] = Field(default_factory=list, description="The latest verdict on each metric.")
+    memory: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The rollout's memory (state machine, the sequential judge's evidence, the counter "
+            "windows), so that a restarted or failed-over controller resumes it at the same "
+            "step and weights without judging from scratch. Not meant for people."
+        ),
+    )
 
 
 ColumnType = Literal["integer", "number", "string", "boolean", "date"]
@@ -436,6 +451,7 @@ ROLLOUT = Resource(
         PrinterColumn("Weight", "integer", ".status.weight", "Canary's percent of traffic."),
         PrinterColumn("Step", "integer", ".status.step", "Current step, from 0."),
         PrinterColumn("Phase", "string", ".status.phase", "Where the rollout stands."),
+        PrinterColumn("Verdict", "string", ".status.verdict", "The last analysis' outcome."),
         AGE_COLUMN,
         PrinterColumn(
             "Judge", "string", ".spec.analysis.judge", "What decides the verdicts.", priority=1

@@ -170,9 +170,10 @@ class RoutePublisher(Protocol):
 
 
 class CounterSource(Protocol):
-    async def counters(self) -> Mapping[Key, Counters]:
-        """Every revision's cumulative counters, added up over all routers; raises when one
-        did not answer (a window that misses a router would undercount)."""
+    async def counters(self) -> Mapping[str, Mapping[Key, Counters]]:
+        """Every router's cumulative counters per revision, by router (its admin URL): a
+        window is the sum of each router's difference, and a router's restart shows as its
+        own counts going down. Raises when one did not answer (the window would undercount)."""
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,11 @@ class KubeApi(Protocol):
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Any: ...
 
+    async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> Any: ...
+
+    async def patch(self, kind: Kind, namespace: str, name: str,
+                    body: Mapping[str, Any]) -> Any: ...
+
     async def get_scale(self, namespace: str, name: str) -> k8s.V1Scale: ...
 
     async def patch_scale(self, namespace: str, name: str, replicas: int) -> k8s.V1Scale: ...
@@ -323,6 +328,19 @@ class Client:
         return self._decode(kind, await self._call("GET", kind.path(namespace, name)))
 
     # writes
+
+    async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> Any:
+        """Creates an object; ``Conflict`` if one of that name exists."""
+        return self._decode(kind, await self._call("POST", kind.path(namespace),
+                                                   body=_to_json(body)))
+
+    async def patch(self, kind: Kind, namespace: str, name: str,
+                    body: Mapping[str, Any]) -> Any:
+        """Merge-patches an object (for sluice's own resources: their metadata, e.g. the
+        annotation a rollout command leaves; the spec is the user's)."""
+        data = await self._call("PATCH", kind.path(namespace, name), body=_to_json(body),
+                                content_type="application/merge-patch+json")
+        return self._decode(kind, data)
 
     async def get_scale(self, namespace: str, name: str) -> k8s.V1Scale:
         """A Deployment's ``/scale``: spec.replicas, status.replicas and status.selector."""

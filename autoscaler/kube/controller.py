@@ -44,8 +44,9 @@ from aiohttp import web
 
 from autoscaler.control import core, ports
 from autoscaler.kube import client, informer, inventory, pods, replicas, status
-from autoscaler.sources import routers
-from policies import capacity, codec, decider, resources, validation
+from autoscaler.rollouts import driver
+from autoscaler.sources import prometheus, routers
+from policies import capacity, codec, decider, progression, resources, rollout, validation
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ ADMIN_PORT_NAME = "admin"
 DEFAULT_ADMIN_PORT = 8081
 ROUTER_TOKEN_SECRET = "sluice-router-admin"
 ROUTER_TOKEN_KEY = "token"
+COMMAND_ANNOTATION = "sluice.dev/command"
+"""On a Rollout: promote, abort, pause, resume or restore. The controller applies it and
+removes the annotation (``kubectl annotate rollout.sluice.dev/NAME sluice.dev/command=promote``);
+``sluice rollout … --kubeconfig`` sets it for you."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class ControllerSettings:
     """Where /healthz and /readyz (informers synced) answer, for the kubelet's probes; they
     reveal nothing but ok. None: no health endpoint."""
     probe: replicas.ProbeSettings = field(default_factory=replicas.ProbeSettings)
+    prometheus_url: str | None = None
+    """Prometheus base URL rollouts' custom metrics are queried at. None: a Rollout with custom
+    metrics is refused, saying so."""
+    prometheus_timeout_s: float = 2.0
+    """Seconds one PromQL query may take; a slower answer counts as no answer."""
 
 
 @dataclass
@@ -102,8 +112,9 @@ class Policy:
         return int(value) if value is not None else None
 
 
-class PolicyStore:
-    """The StateStore of one namespace's core: decider memory lives in ScalingPolicy status."""
+class StatusStore:
+    """The StateStore of one namespace's core: a decider's memory lives in its ScalingPolicy's
+    status, a rollout's in its Rollout's (for the generation it was made for)."""
 
     def __init__(self, controller: Controller, namespace: str) -> None:
         self._controller = controller
@@ -114,16 +125,26 @@ class PolicyStore:
         if key in self.latest:
             state = self.latest[key]
             return state if isinstance(state, kind) else None
-        policy = self._controller.policy_for(self._namespace, key)
-        saved = policy.obj.get("status", {}).get("decider") if policy is not None else None
+        saved, where = self._saved(key)
         if saved is None:
             return None
         try:
             return codec.load(kind, saved)
         except pydantic.ValidationError:
-            logger.warning("ScalingPolicy %s/%s: its saved decider state is not readable; "
-                           "starting afresh", self._namespace, policy.name if policy else "?")
+            logger.warning("%s: its saved state is not readable; starting afresh", where)
             return None
+
+    def _saved(self, key: ports.StateKey) -> tuple[Any, str]:
+        if key.kind == "rollout":
+            obj = self._controller.rollout_for(self._namespace, key.service)
+            status = (obj or {}).get("status") or {}
+            current = status.get("observedGeneration") == (obj or {}).get(
+                "metadata", {}).get("generation")
+            name = (obj or {}).get("metadata", {}).get("name")
+            return (status.get("memory") if current else None), f"Rollout {name}"
+        policy = self._controller.policy_for(self._namespace, key)
+        saved = policy.obj.get("status", {}).get("decider") if policy is not None else None
+        return saved, f"ScalingPolicy {policy.name if policy else '?'}"
 
     def save(self, key: ports.StateKey, state: object) -> None:
         self.latest[key] = state
@@ -157,7 +178,8 @@ class Capacity:
 class NamespaceControl:
     core: core.Core
     router_client: routers.RouterClient
-    store: PolicyStore
+    store: StatusStore
+    rollouts: driver.Rollouts
     task: asyncio.Task[None] | None = None
     token: str | None = None
     fetching_token: bool = False
@@ -181,13 +203,23 @@ class Controller:
         self.nodes_informer = informer.Informer(api, client.NODES)
         self.isvc_informer: informer.Informer | None = informer.Informer(
             api, client.INFERENCE_SERVICES, namespace=namespace)
+        self.rollouts_informer = informer.Informer(api, client.ROLLOUTS, namespace=namespace)
         self.index = replicas.PodIndex()
         self.prober = replicas.Prober(session, self._probed, settings.probe, wall)
         self.writer = status.StatusWriter(api, client.SCALING_POLICIES)
+        self.rollout_writer = status.StatusWriter(api, client.ROLLOUTS)
+        self.rollout_generations: dict[tuple[str, str], int | None] = {}
+        """(namespace, service) → the generation of the Rollout its driver runs."""
+        self.rollout_problems: dict[tuple[str, str], status.Condition] = {}
+        """(namespace, name) → why a Rollout is not running."""
         self.events = status.EventRecorder(api)
         self.namespaces: dict[str, NamespaceControl] = {}
         self.policies: dict[tuple[str, str], Policy] = {}
-        self._dirty: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.metrics = (prometheus.PrometheusSource(settings.prometheus_url,
+                                                    settings.prometheus_timeout_s)
+                        if settings.prometheus_url else None)
+        self._dirty: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        """(kind, namespace, name) of objects to reconcile: "policy" or "rollout"."""
         self._nodes_cache: tuple[str, list[capacity.Node]] = ("", [])
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -197,12 +229,14 @@ class Controller:
         """Watch, decide and act until cancelled."""
         if not await self._has_inference_services():
             self.isvc_informer = None
-        informers = [self.pods_informer, self.nodes_informer, self.policies_informer]
+        informers = [self.pods_informer, self.nodes_informer, self.policies_informer,
+                     self.rollouts_informer]
         if self.isvc_informer is not None:
             informers.append(self.isvc_informer)
             self.isvc_informer.add_handler(self._on_isvc)
         self.pods_informer.add_handler(self._on_pod)
         self.policies_informer.add_handler(self._on_policy)
+        self.rollouts_informer.add_handler(self._on_rollout)
         try:
             self._tasks = [asyncio.create_task(i.run(), name=f"informer-{i.kind.plural}")
                            for i in informers]
@@ -222,19 +256,21 @@ class Controller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for control in self.namespaces.values():
+            await control.rollouts.stop()
             await control.core.close()
         await self.prober.close()
         await self.events.close()
 
+    def _informers(self) -> list[informer.Informer]:
+        return [self.pods_informer, self.nodes_informer, self.policies_informer,
+                self.rollouts_informer, *([self.isvc_informer] if self.isvc_informer else [])]
+
     def synced(self) -> bool:
-        informers = [self.pods_informer, self.nodes_informer, self.policies_informer]
-        return all(i.synced.is_set() for i in informers)
+        return all(i.synced.is_set() for i in self._informers())
 
     def healthy(self) -> bool:
         """The caches are current: the last list or watch of every informer succeeded."""
-        informers = [self.pods_informer, self.nodes_informer, self.policies_informer,
-                     *([self.isvc_informer] if self.isvc_informer else [])]
-        return all(i.last_error is None for i in informers)
+        return all(i.last_error is None for i in self._informers())
 
     async def _has_inference_services(self) -> bool:
         try:
@@ -253,6 +289,14 @@ class Controller:
         if self._nodes_cache[0] != version:
             self._nodes_cache = (version, [inventory.node(n) for n in self.nodes_informer])
         return self._nodes_cache[1]
+
+    def rollout_for(self, namespace: str, service: str) -> dict[str, Any] | None:
+        """The Rollout of ``service`` in ``namespace`` (the newest, if several)."""
+        found = [obj for obj in self.rollouts_informer
+                 if obj.get("metadata", {}).get("namespace") == namespace
+                 and (obj.get("spec") or {}).get("service") == service]
+        return max(found, key=lambda o: o["metadata"].get("creationTimestamp", ""),
+                   default=None)
 
     def policy_for(self, namespace: str, key: ports.StateKey) -> Policy | None:
         for policy in self.policies.values():
@@ -276,7 +320,7 @@ class Controller:
             policy.obj = change.object
             if policy.generation == old_generation and policy.spec is not None:
                 return  # a status write of ours, or metadata: nothing to do
-        self._dirty.put_nowait(key)
+        self._dirty.put_nowait(("policy", *key))
 
     def _on_isvc(self, change: informer.Change) -> None:
         metadata = change.object.get("metadata", {})
@@ -285,7 +329,21 @@ class Controller:
             if policy.namespace == metadata.get("namespace") and (
                     policy.problem is not None or (ref is not None and ref.kind ==
                                                    "InferenceService")):
-                self._dirty.put_nowait(key)
+                self._dirty.put_nowait(("policy", *key))
+
+    def _on_rollout(self, change: informer.Change) -> None:
+        metadata = change.object.get("metadata", {})
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if change.type is informer.ChangeType.DELETED:
+            self._forget_rollout(change.object)
+            return
+        annotations = metadata.get("annotations") or {}
+        old = change.old.get("metadata", {}) if change.old else {}
+        if (change.type is informer.ChangeType.MODIFIED and COMMAND_ANNOTATION not in annotations
+                and old.get("generation") == metadata.get("generation")
+                and key not in self.rollout_problems):
+            return  # a status write of ours: nothing to do
+        self._dirty.put_nowait(("rollout", *key))
 
     def _on_pod(self, change: informer.Change) -> None:
         pod = change.object
@@ -316,16 +374,20 @@ class Controller:
 
     async def _reconcile_forever(self) -> None:
         while True:
-            key = await self._dirty.get()
-            policy = self.policies.get(key)
-            if policy is None:
-                continue
+            kind, namespace, name = await self._dirty.get()
             try:
-                await self._reconcile(policy)
+                if kind == "rollout":
+                    await self._reconcile_rollout(namespace, name)
+                    continue
+                policy = self.policies.get((namespace, name))
+                if policy is not None:
+                    await self._reconcile(policy)
             except Exception:
-                logger.exception("reconciling ScalingPolicy %s/%s failed; retrying", *key)
-                await asyncio.sleep(1.0)
-                self._dirty.put_nowait(key)
+                logger.exception("reconciling %s %s/%s failed; retrying", kind, namespace, name)
+                self._later((kind, namespace, name))
+
+    def _later(self, item: tuple[str, str, str], delay_s: float = 1.0) -> None:
+        asyncio.get_running_loop().call_later(delay_s, self._dirty.put_nowait, item)
 
     async def _reconcile(self, policy: Policy) -> None:
         try:
@@ -410,11 +472,15 @@ class Controller:
         return None
 
     def _weight(self, namespace: str, spec: resources.ScalingPolicySpec) -> int:
-        """A revision's weight until a rollout sets one: the service's first revision takes
-        the traffic, later ones (a canary) get none."""
+        """A revision's weight until a rollout sets one: what its Rollout's status says (so a
+        restarted controller publishes the weights the routers already serve), else the
+        service's first revision takes the traffic and later ones (a canary) get none."""
         control = self.namespaces.get(namespace)
         if control is not None and control.core.has((spec.service, spec.revision)):
             return control.core.weight((spec.service, spec.revision))
+        recorded = _rollout_weights(self.rollout_for(namespace, spec.service))
+        if spec.revision in recorded:
+            return recorded[spec.revision]
         taken = control is not None and control.core.revisions_of(spec.service)
         return 0 if taken else 100
 
@@ -435,17 +501,140 @@ class Controller:
             if control is not None:
                 control.core.remove(policy.key, keep_replicas=True)
 
+    # rollouts
+
+    async def _reconcile_rollout(self, namespace: str, name: str) -> None:
+        obj = self.rollouts_informer.get(namespace, name)
+        if obj is None:
+            return
+        key = (namespace, name)
+        generation = obj["metadata"].get("generation")
+        try:
+            policy = rollout.parse_document(obj)
+        except validation.Invalid as error:
+            self.rollout_problems[key] = status.Condition(status.PROGRESSING, False,
+                                                          "InvalidSpec", str(error))
+            return
+        control = self._namespace(namespace)
+        service = policy.service
+        running = control.rollouts.drivers.get(service)
+        if running is not None and self.rollout_generations.get((namespace, service)) \
+                == generation:
+            await self._command(obj, control, service)
+            return
+        missing = [r for r in (policy.stable_revision, policy.canary_revision)
+                   if not control.core.has((service, r))]
+        if missing:  # its ScalingPolicies are not enforced (yet): try again shortly
+            self.rollout_problems[key] = status.Condition(
+                status.PROGRESSING, False, "RevisionsNotReady",
+                f"no enforced ScalingPolicy for {service}/{', '.join(missing)} yet")
+            self._later(("rollout", namespace, name), 2.0)
+            return
+        if running is not None:  # the spec changed: the rollout starts over
+            control.rollouts.forget(service)
+        # Its memory from its status, if that was written for this generation: a new Rollout,
+        # or a changed spec, starts afresh.
+        control.store.drop(ports.StateKey.rollout(service))
+        memory = control.store.load(ports.StateKey.rollout(service), driver.Memory)
+        try:
+            if memory is not None and memory.state.phase.terminal:
+                control.rollouts.adopt(obj, memory)
+            else:
+                await control.rollouts.start(obj, resume=memory is not None, wait=False)
+        except driver.RolloutError as error:
+            self.rollout_problems[key] = status.Condition(
+                status.PROGRESSING, False, "Refused", str(error))
+            self._later(("rollout", namespace, name), 5.0)
+            return
+        self.rollout_problems.pop(key, None)
+        self.rollout_generations[(namespace, service)] = generation
+        logger.info("Rollout %s/%s: %s %s → %s%s", namespace, name,
+                    "resumed" if memory is not None else "started", policy.stable_revision,
+                    policy.canary_revision,
+                    f" at step {memory.state.step + 1}, {memory.state.canary_weight} %"
+                    if memory is not None else "")
+        await self._command(obj, control, service)
+
+    async def _command(self, obj: dict[str, Any], control: NamespaceControl,
+                       service: str) -> None:
+        """Apply the command a person left on the Rollout, then take it off."""
+        metadata = obj["metadata"]
+        command = (metadata.get("annotations") or {}).get(COMMAND_ANNOTATION)
+        if command is None:
+            return
+        try:
+            if command == rollout.RESTORE:
+                await control.rollouts.restore(service)
+            else:
+                await control.rollouts.get(service).command(rollout.Command(command))
+            note = f"{command} applied"
+        except ValueError:
+            note = (f"{command!r} is not a command: use one of "
+                    f"{', '.join([*(c.value for c in rollout.Command), rollout.RESTORE])}")
+        except driver.RolloutError as error:
+            note = f"{command} refused: {error}"
+        self.events.record(obj, "Command", note, action="Command")
+        with contextlib.suppress(client.KubeError):
+            await self.api.patch(client.ROLLOUTS, metadata["namespace"], metadata["name"],
+                                 {"metadata": {"annotations": {COMMAND_ANNOTATION: None}}})
+
+    def _forget_rollout(self, obj: dict[str, Any]) -> None:
+        metadata = obj.get("metadata", {})
+        namespace, service = metadata.get("namespace", ""), (obj.get("spec") or {}).get("service")
+        self.rollout_problems.pop((namespace, metadata.get("name", "")), None)
+        self.rollout_writer.forget(namespace, metadata.get("name", ""))
+        control = self.namespaces.get(namespace)
+        if control is not None and service and self.rollout_for(namespace, service) is None:
+            control.rollouts.forget(service)
+            self.rollout_generations.pop((namespace, service), None)
+
+    def _rollout_event(self, namespace: str, service: str, reason: str, note: str,
+                       kind: str) -> None:
+        obj = self.rollout_for(namespace, service)
+        if obj is not None:
+            self.events.record(obj, reason, note, kind=kind, action="Rollout")
+
+    async def _write_rollout_status(self, obj: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        previous = (obj.get("status") or {}).get("conditions") or []
+        problem = self.rollout_problems.get((namespace, name))
+        control = self.namespaces.get(namespace)
+        service = (obj.get("spec") or {}).get("service", "")
+        running = control.rollouts.drivers.get(service) if control else None
+        body: dict[str, Any] = {"observedGeneration": metadata.get("generation")}
+        if problem is not None or running is None:
+            conditions = [problem or status.Condition(status.PROGRESSING, False, "Pending",
+                                                      "waiting for the controller")]
+        else:
+            state = running.state
+            last = running.verdicts[-1] if running.verdicts else None
+            body.update(phase=str(state.phase), step=state.step, weight=state.canary_weight,
+                        verdict=last["outcome"] if last else None,
+                        message=(state.reason or (running.action.reason if running.action
+                                                  else ""))[:4096],
+                        lastVerdicts=status.last_verdicts(last),
+                        memory=codec.dump(running.memory))
+            conditions = status.rollout_conditions(state, running.action)
+        body["conditions"] = status.rendered(conditions, previous, self.wall(),
+                                             metadata.get("generation"))
+        await self.rollout_writer.write(namespace, name, status.validated_rollout(body))
+
     # namespaces and their routers
 
     def _namespace(self, namespace: str) -> NamespaceControl:
         control = self.namespaces.get(namespace)
         if control is None:
             client_ = routers.RouterClient([], self.session)
-            store = PolicyStore(self, namespace)
-            control = NamespaceControl(
-                core.Core(capacity=Capacity(self, namespace), publisher=client_, load=client_,
-                          store=store, tick_s=self.settings.tick_s),
-                client_, store)
+            store = StatusStore(self, namespace)
+            control_core = core.Core(capacity=Capacity(self, namespace), publisher=client_,
+                                     load=client_, store=store, tick_s=self.settings.tick_s)
+            control = NamespaceControl(control_core, client_, store, driver.Rollouts(
+                control_core, client_, self.metrics, metrics_missing=(
+                    "custom metrics need a Prometheus: start the controller with "
+                    "--prometheus-url"),
+                on_event=lambda service, reason, note, kind: self._rollout_event(
+                    namespace, service, reason, note, kind)))
             self.namespaces[namespace] = control
             control.task = asyncio.create_task(control.core.run(), name=f"core-{namespace}")
             self._routers_changed(namespace, control)
@@ -506,7 +695,10 @@ class Controller:
         while True:
             await asyncio.sleep(self.settings.status_interval_s)
             writes = [self._write_status(policy) for policy in list(self.policies.values())]
-            await asyncio.gather(*writes, return_exceptions=True)
+            writes += [self._write_rollout_status(obj) for obj in self.rollouts_informer]
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    logger.error("writing a status failed: %r", outcome)
 
     async def _write_status(self, policy: Policy) -> None:
         now = self.wall()
@@ -566,6 +758,23 @@ class Controller:
         policy.last_failure = failure
 
 
+def _rollout_weights(obj: dict[str, Any] | None) -> dict[str, int]:
+    """The weights a Rollout's status says its revisions have; empty before it has any."""
+    if obj is None:
+        return {}
+    spec, recorded = obj.get("spec") or {}, obj.get("status") or {}
+    stable, canary = spec.get("stableRevision"), spec.get("canaryRevision")
+    phase = recorded.get("phase")
+    if not stable or not canary or phase is None:
+        return {}
+    if phase == str(progression.Phase.PROMOTED):
+        return {canary: rollout.FULL_WEIGHT, stable: 0}
+    if phase in (str(progression.Phase.ROLLED_BACK), str(progression.Phase.FAILED)):
+        return {stable: rollout.FULL_WEIGHT, canary: 0}
+    weight = int(recorded.get("weight") or 0)
+    return {canary: weight, stable: rollout.FULL_WEIGHT - weight}
+
+
 def _admin_port(pod: Any) -> int:
     for container in (pod.spec.containers if pod.spec else None) or []:
         for port in container.ports or []:
@@ -606,13 +815,15 @@ def main(argv: list[str]) -> int:
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="manage every namespace (the default)")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between decisions")
+    parser.add_argument("--prometheus-url", help="Prometheus base URL for rollouts' custom "
+                        "metrics, e.g. http://prometheus.monitoring:9090")
     parser.add_argument("--health-listen", default="0.0.0.0:8080",
                         help="HOST:PORT for /healthz and /readyz, or 'off' (default %(default)s)")
     args = parser.parse_args(argv)
     if not 0.1 <= args.tick <= 10:
         parser.error(f"--tick: between 0.1 and 10 seconds, got {args.tick:g}")
     settings = ControllerSettings(
-        namespace=args.namespace, tick_s=args.tick,
+        namespace=args.namespace, tick_s=args.tick, prometheus_url=args.prometheus_url,
         health_listen=None if args.health_listen == "off" else args.health_listen)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s sluice-controller: %(message)s")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoscaler.kube import client
-from policies import decider, resources, scaling
+from policies import decider, progression, resources, scaling
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +226,55 @@ class EventRecorder:
 
     async def close(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+PROGRESSING = "Progressing"
+PAUSED = "Paused"
+PROMOTED = "Promoted"
+ROLLED_BACK = "RolledBack"
+FAILED = "Failed"
+
+
+def rollout_conditions(state: progression.RolloutState,
+                       action: progression.RolloutAction | None) -> list[Condition]:
+    """One condition per phase a rollout can be in, True for the one it is in, with why."""
+    phase, why = state.phase, state.reason
+    waiting = action is not None and action.kind is progression.ActionKind.WAIT_FOR_CAPACITY
+    running = phase in (progression.Phase.PENDING, progression.Phase.PROGRESSING)
+    return [
+        Condition(PROGRESSING, running, ("WaitingForCapacity" if waiting else
+                                         "StepRunning" if running else "Ended"
+                                         if phase.terminal else "Paused"),
+                  why if running else ""),
+        Condition(PAUSED, phase is progression.Phase.PAUSED,
+                  ("MetricsMissing" if state.source_paused else "PausedByPerson")
+                  if phase is progression.Phase.PAUSED else "NotPaused",
+                  why if phase is progression.Phase.PAUSED else ""),
+        Condition(PROMOTED, phase is progression.Phase.PROMOTED,
+                  ("PromotedByPerson" if state.promoting else "AllStepsPassed")
+                  if phase is progression.Phase.PROMOTED else "NotPromoted",
+                  why if phase is progression.Phase.PROMOTED else ""),
+        Condition(ROLLED_BACK, phase is progression.Phase.ROLLED_BACK,
+                  ("AbortedByPerson" if why.startswith("aborted") else "CanaryFailed")
+                  if phase is progression.Phase.ROLLED_BACK else "NotRolledBack",
+                  why if phase is progression.Phase.ROLLED_BACK else ""),
+        Condition(FAILED, phase is progression.Phase.FAILED,
+                  "TimedOut" if phase is progression.Phase.FAILED else "NotFailed",
+                  why if phase is progression.Phase.FAILED else ""),
+    ]
+
+
+def last_verdicts(verdict: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The findings of the last verdict, one per metric, as the status lists them."""
+    if not verdict:
+        return []
+    at = rfc3339(float(verdict["at"]))
+    return [{"metric": f["metric"], "outcome": f["outcome"], "reason": f["reason"][:4096],
+             "time": at} for f in verdict.get("findings", [])][:resources.MAX_VERDICTS]
+
+
+def validated_rollout(status: dict[str, Any]) -> dict[str, Any]:
+    return resources.RolloutStatus.model_validate(status).model_dump(
+        mode="json", by_alias=True, exclude_none=True)

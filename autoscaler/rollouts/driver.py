@@ -58,6 +58,16 @@ COMMAND_WAIT_S = 15.0
 """How long an API call waits for its command to be applied before answering 202."""
 
 
+EventHook = Callable[[str, str, str], None]
+"""``(reason, note, type)`` of something a person should see: a step, a verdict changing, a
+promotion or a rollback (``type`` Normal or Warning). Kubernetes writes them as Events."""
+
+ENDING_EVENTS = {progression.Phase.PROMOTED: ("Promoted", "Normal"),
+                 progression.Phase.ROLLED_BACK: ("RolledBack", "Warning"),
+                 progression.Phase.FAILED: ("Failed", "Warning"),
+                 progression.Phase.PAUSED: ("Paused", "Normal")}
+
+
 class RolloutError(Exception):
     """A request the rollouts refuse; nothing was changed. ``problems`` name field and reason."""
 
@@ -92,10 +102,53 @@ def since(now: ports.Counters | None, before: ports.Counters | None) -> ports.Co
 
 @dataclass(frozen=True)
 class Arms:
-    """The canary's and stable's cumulative counters at one moment."""
+    """The canary's and stable's cumulative counters at one moment, at one router."""
 
     canary: ports.Counters | None = None
     stable: ports.Counters | None = None
+
+    def restarted_since(self, earlier: Arms) -> bool:
+        return any(now is not None and before is not None and now.restarted_since(before)
+                   for now, before in ((self.canary, earlier.canary),
+                                       (self.stable, earlier.stable)))
+
+
+Snapshot = dict[str, Arms]
+"""Each router's arms, by its admin URL."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """What canary and stable served between two snapshots, summed over the routers in both."""
+
+    canary: ports.Counters | None
+    stable: ports.Counters | None
+    restarted: tuple[str, ...]
+    """Routers whose counts went down: restarted in between, their windows left out."""
+
+
+def windows(now: Snapshot, before: Snapshot) -> Windows:
+    """The windows between two snapshots. A router new since ``before`` is left out (its
+    counts start the next window); one that restarted is left out and named."""
+    canary: ports.Counters | None = None
+    stable: ports.Counters | None = None
+    restarted = []
+    for router, arms in now.items():
+        earlier = before.get(router)
+        if earlier is None:
+            continue
+        if arms.restarted_since(earlier):
+            restarted.append(router)
+            continue
+        canary = _added(canary, since(arms.canary, earlier.canary))
+        stable = _added(stable, since(arms.stable, earlier.stable))
+    return Windows(canary, stable, tuple(restarted))
+
+
+def _added(total: ports.Counters | None, more: ports.Counters | None) -> ports.Counters | None:
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 @dataclass(frozen=True)
@@ -106,9 +159,9 @@ class Memory:
     state: progression.RolloutState = dataclasses.field(default_factory=progression.RolloutState)
     judged: judges.SequentialState = dataclasses.field(default_factory=judges.SequentialState)
     """The sequential judge's running statistics: a resumed rollout keeps its evidence."""
-    last: Arms | None = None
+    last: Snapshot | None = None
     """The counters the next window starts from."""
-    step_base: Arms = dataclasses.field(default_factory=Arms)
+    step_base: Snapshot = dataclasses.field(default_factory=dict)
     """The counters at the start of the current step (the fixed-horizon judges' window)."""
     started_at: float | None = None
     """When the first interval ran, on the controller's clock."""
@@ -169,8 +222,10 @@ class RolloutDriver:
 
     def __init__(self, policy: rollout.RolloutPolicy, control: core.Core,
                  counters: ports.CounterSource, metrics: ports.MetricSource | None,
-                 memory: Memory | None = None, wall: Callable[[], float] = time.time) -> None:
+                 memory: Memory | None = None, wall: Callable[[], float] = time.time,
+                 on_event: EventHook | None = None) -> None:
         self.policy = policy
+        self.on_event = on_event
         self.control = control
         self.counters = counters
         self.metrics = metrics
@@ -305,7 +360,7 @@ class RolloutDriver:
         self.action, state = progression.advance(inputs, before, self.policy)
         moved = before.started_at is None or (state.phase, state.step, state.canary_weight) != (
             before.phase, before.step, before.canary_weight)
-        self._remember(state=state, **({"step_base": self.memory.last or Arms()} if moved else {}))
+        self._remember(state=state, **({"step_base": self.memory.last or {}} if moved else {}))
         self.apply(self.action)
         if moved:
             self._record_transition(now)
@@ -320,7 +375,8 @@ class RolloutDriver:
             now = None
             problems.append(f"routers did not answer: {error!r}"[:500])
         else:
-            now = Arms(counters.get(self._canary), counters.get(self._stable))
+            now = {router: Arms(mine.get(self._canary), mine.get(self._stable))
+                   for router, mine in counters.items()}
         previous = self.memory.last
         if now is not None:
             self._remember(last=now)
@@ -329,23 +385,30 @@ class RolloutDriver:
         if now is None or previous is None:
             problems.append("no earlier counters to take a window from")
             return Observation(None, None, 0, tuple(problems))
-        canary_delta = since(now.canary, previous.canary)
-        canary_requests = canary_delta.requests if canary_delta is not None else 0
+        window = windows(now, previous)
+        if window.restarted:
+            # A restarted router's counts start over: this interval's window is not whole, so
+            # it is not judged, and the step's window starts again at that router.
+            base = {**self.memory.step_base, **{r: now[r] for r in window.restarted}}
+            self._remember(step_base=base)
+            problems.append(f"router {', '.join(window.restarted)} restarted; its counts "
+                            "start over, so this interval is not judged")
+            return Observation(None, None, 0, tuple(problems))
+        canary_requests = window.canary.requests if window.canary is not None else 0
         custom, missing = await self._custom_metrics()
         problems += missing
         deciding = max(1, progression.next_canary_weight(state, self.policy))
         if self.policy.analysis.judge is rollout.Judge.SEQUENTIAL:
-            window = judges.Window(arm_window(canary_delta), arm_window(
-                since(now.stable, previous.stable)), custom, deciding)
-            judged, sequential = judges.sequential(window, self.memory.judged, self.policy)
+            judged, sequential = judges.sequential(
+                judges.Window(arm_window(window.canary), arm_window(window.stable), custom,
+                              deciding), self.memory.judged, self.policy)
             self._remember(judged=sequential)
         else:
-            base = self.memory.step_base
-            window = judges.Window(arm_window(since(now.canary, base.canary)),
-                                   arm_window(since(now.stable, base.stable)), custom, deciding)
+            step = windows(now, self.memory.step_base)
             judge = (judges.thresholds if self.policy.analysis.judge is rollout.Judge.THRESHOLDS
                      else judges.compare)
-            judged = judge(window, self.policy)
+            judged = judge(judges.Window(arm_window(step.canary), arm_window(step.stable),
+                                         custom, deciding), self.policy)
         # A source that did not answer leaves its metrics inconclusive, but what the routers'
         # counts prove still stands: a fail is acted on, anything else waits for all sources.
         verdict = judged if not problems or judged.outcome is judges.Outcome.FAIL else None
@@ -429,6 +492,8 @@ class RolloutDriver:
         if not self.verdicts or self.verdicts[-1]["outcome"] != outcome:
             logger.info("rollout %s: verdict %s at %d %% (%s)", self.service, outcome,
                         state.canary_weight, reason)
+            self._event("Verdict", f"{outcome} at {state.canary_weight} %: {reason}",
+                        "Warning" if outcome == str(judges.Outcome.FAIL) else "Normal")
         self.verdicts.append({
             "at": self.wall(), "elapsed_s": self._elapsed(now), "step": state.step + 1,
             "canary_weight": state.canary_weight, "outcome": outcome, "reason": reason,
@@ -445,6 +510,14 @@ class RolloutDriver:
         logger.info("rollout %s: %s, step %d/%d, %s at %d %% (%s)", self.service, state.phase,
                     state.step + 1, len(self.policy.steps), self.policy.canary_revision,
                     state.canary_weight, state.reason)
+        reason, kind = ENDING_EVENTS.get(state.phase, ("Step", "Normal"))
+        self._event(reason, f"step {state.step + 1}/{len(self.policy.steps)}, "
+                    f"{self.policy.canary_revision} at {state.canary_weight} %: {state.reason}",
+                    kind)
+
+    def _event(self, reason: str, note: str, kind: str) -> None:
+        if self.on_event is not None:
+            self.on_event(reason, note, kind)
 
     def status(self, verdicts: int = 10) -> dict[str, Any]:
         state, policy = self.state, self.policy
@@ -475,10 +548,13 @@ class Rollouts:
 
     def __init__(self, control: core.Core, counters: ports.CounterSource,
                  metrics: ports.MetricSource | None = None,
-                 metrics_missing: str = "no metric source is configured") -> None:
+                 metrics_missing: str = "no metric source is configured",
+                 on_event: Callable[[str, str, str, str], None] | None = None) -> None:
         self.control = control
         self.counters = counters
         self.metrics = metrics
+        self.on_event = on_event
+        """``(service, reason, note, type)`` for every driver's events."""
         self.metrics_missing = metrics_missing
         """Why a rollout with custom metrics is refused when there is no metric source."""
         self.drivers: dict[str, RolloutDriver] = {}
@@ -492,7 +568,7 @@ class Rollouts:
             raise RolloutError.field(404, "service", f"no rollout for service {service!r}")
         return driver
 
-    async def start(self, data: Any, resume: bool = False) -> RolloutDriver:
+    async def start(self, data: Any, resume: bool = False, wait: bool = True) -> RolloutDriver:
         """Check a policy against the core and start it; RolloutError changes nothing. With
         ``resume``, a rollout of the service whose memory the state store holds carries on
         from it (its step, weights and evidence) instead of starting over."""
@@ -503,7 +579,7 @@ class Rollouts:
         if memory is None or memory.state.phase.terminal:
             self._check(policy)
             memory = Memory(weights_before=self._weights(policy.service))
-        driver = RolloutDriver(policy, self.control, self.counters, self.metrics, memory)
+        driver = self._driver(policy, memory)
         self.drivers[policy.service] = driver  # no await since _check: no race with another
         settling = self._running.pop(policy.service, None)
         if settling is not None:  # an ended rollout holding a floor: the new one takes over
@@ -514,9 +590,37 @@ class Rollouts:
         task.add_done_callback(self._tasks.discard)
         logger.info("rollout %s: started, %s → %s in %d steps", policy.service,
                     policy.stable_revision, policy.canary_revision, len(policy.steps))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(driver.first_interval.wait(), COMMAND_WAIT_S)
+        if wait:  # the API answers a start with the first interval's result
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(driver.first_interval.wait(), COMMAND_WAIT_S)
         return driver
+
+    def _driver(self, policy: rollout.RolloutPolicy, memory: Memory | None) -> RolloutDriver:
+        hook = self.on_event
+        on_event = (None if hook is None else
+                    lambda reason, note, kind: hook(policy.service, reason, note, kind))
+        return RolloutDriver(policy, self.control, self.counters, self.metrics, memory,
+                             on_event=on_event)
+
+    def adopt(self, data: Any, memory: Memory) -> RolloutDriver:
+        """A rollout that ended before this controller started (its memory from the state
+        store): its final weights and parking hold again, nothing runs."""
+        policy = parse_policy(data)
+        if not memory.state.phase.terminal:
+            raise ValueError("adopt() takes an ended rollout; resume a running one with start()")
+        driver = self._driver(policy, memory)
+        self.drivers[policy.service] = driver
+        driver.apply(progression.advance(
+            progression.RolloutInputs(now=self.control.clock(), verdict=None), memory.state,
+            policy)[0])
+        return driver
+
+    def forget(self, service: str) -> None:
+        """The rollout's resource is gone: stop it where it is (weights stay as they are)."""
+        self.drivers.pop(service, None)
+        task = self._running.pop(service, None)
+        if task is not None:
+            task.cancel()
 
     def _check(self, policy: rollout.RolloutPolicy) -> None:
         names = self.control.revisions_of(policy.service)

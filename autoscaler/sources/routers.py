@@ -122,23 +122,24 @@ class RouterClient:
             ) else buckets  # new to this router, or it restarted: all it has counted
         return window
 
-    async def counters(self) -> dict[ports.Key, ports.Counters]:
-        """Cumulative per-revision counters from every router, added up (for window deltas);
-        raises if any router does not answer."""
-        answers = await asyncio.gather(*(self._stats(url, raw=True) for url in self.admin_urls))
-        totals: dict[ports.Key, ports.Counters] = {}
-        for answer in answers:
+    async def counters(self) -> dict[str, dict[ports.Key, ports.Counters]]:
+        """Cumulative per-revision counters of each router, by its admin URL (for window
+        deltas: a router that restarted is seen by its own counts going down); raises if any
+        router does not answer."""
+        urls = self.admin_urls
+        answers = await asyncio.gather(*(self._stats(url, raw=True) for url in urls))
+        snapshot: dict[str, dict[ports.Key, ports.Counters]] = {}
+        for url, answer in zip(urls, answers, strict=True):
             bounds = tuple(answer.latency_bounds_s or ())
+            mine = snapshot[url] = {}
             for row in answer.revisions:
                 raw = row.raw
                 if raw is None:
                     raise ValueError("a router sent stats without the raw counters asked for")
-                counters = ports.Counters(
+                mine[(row.service, row.revision)] = ports.Counters(
                     requests=sum(raw.by_class), errors=raw.by_class[5],
                     latency_buckets=tuple(raw.latency_buckets), latency_bounds_s=bounds)
-                key = (row.service, row.revision)
-                totals[key] = totals[key] + counters if key in totals else counters
-        return totals
+        return snapshot
 
     async def publish(self, table: routing.RouteTable) -> None:
         """PUT each router its part of the route table, all at once; raises if any refuses."""

@@ -287,6 +287,7 @@ ROLLOUT_STATUS = {
     "phase": "Progressing",
     "step": 1,
     "weight": 25,
+    "verdict": "pass",
     "conditions": [],
     "lastVerdicts": [
         {"metric": "errors", "outcome": "pass", "reason": "0.1 % vs 0.1 %, within 1 point",
@@ -310,7 +311,8 @@ ROLLOUT_STATUS = {
         pytest.param(
             "Rollout", ROLLOUT_STATUS,
             {"Name": "fraud-model-v2", "Service": "fraud-model", "Stable": "v1", "Canary": "v2",
-             "Weight": 25, "Step": 1, "Phase": "Progressing", "Judge": "sequential"},
+             "Weight": 25, "Step": 1, "Phase": "Progressing", "Verdict": "pass",
+             "Judge": "sequential"},
             id="Rollout",
         ),
     ],

@@ -276,12 +276,13 @@ async def test_rollout_memory_goes_through_json_and_a_new_driver_resumes_at_its_
     class Counters:
         served = 0
 
-        async def counters(self) -> dict[ports.Key, ports.Counters]:
+        async def counters(self) -> dict[str, dict[ports.Key, ports.Counters]]:
             self.served += 100
             bounds = (0.01, 0.1)
-            return {("model", "v1"): ports.Counters(self.served * 4, 0, (0, self.served * 4, 0),
-                                                   bounds),
-                    ("model", "v2"): ports.Counters(self.served, 0, (0, self.served, 0), bounds)}
+            return {"http://router": {
+                ("model", "v1"): ports.Counters(self.served * 4, 0, (0, self.served * 4, 0),
+                                                bounds),
+                ("model", "v2"): ports.Counters(self.served, 0, (0, self.served, 0), bounds)}}
 
     counters = Counters()
     policy = {"service": "model", "stableRevision": "v1", "canaryRevision": "v2",

@@ -201,7 +201,7 @@ def test_crd_names_scope_subresource_and_columns(resource):
         ),
         pytest.param(
             resources.ROLLOUT, "ro",
-            ["Service", "Stable", "Canary", "Weight", "Step", "Phase", "Age", "Judge"],
+            ["Service", "Stable", "Canary", "Weight", "Step", "Phase", "Verdict", "Age", "Judge"],
             id="Rollout",
         ),
     ],

@@ -61,6 +61,27 @@ def test_a_restart_is_seen_when_any_count_goes_down_not_only_requests():
     rollout_driver.arm_window(window)  # a valid window: no negative count
 
 
+def test_windows_add_up_routers_and_leave_out_a_restarted_or_new_one():
+    before = {"a": rollout_driver.Arms(counters(100, 1, [100, 0, 0, 0]),
+                                       counters(900, 0, [900, 0, 0, 0])),
+              "b": rollout_driver.Arms(counters(50, 0, [50, 0, 0, 0]), None)}
+    now = {"a": rollout_driver.Arms(counters(130, 2, [130, 0, 0, 0]),
+                                    counters(990, 0, [990, 0, 0, 0])),
+           "b": rollout_driver.Arms(counters(70, 1, [70, 0, 0, 0]),
+                                    counters(5, 0, [5, 0, 0, 0])),
+           "c": rollout_driver.Arms(counters(9, 0, [9, 0, 0, 0]), None)}
+    window = rollout_driver.windows(now, before)
+    assert (window.canary.requests, window.canary.errors) == (30 + 20, 1 + 1)
+    assert window.stable.requests == 90 + 5  # b's stable is new there: all of it
+    assert window.restarted == ()  # c is new: it starts the next window, it did not restart
+
+    restarted = {**now, "a": rollout_driver.Arms(counters(3, 0, [3, 0, 0, 0]),
+                                                 counters(10, 0, [10, 0, 0, 0]))}
+    window = rollout_driver.windows(restarted, before)
+    assert window.restarted == ("a",)
+    assert window.canary.requests == 20  # only b's
+
+
 # -- the canary's replicas -----------------------------------------------------------------------
 
 def policy(**fields):
