@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(args: argparse.Namespace, rows: dict[str, list[Latency]],
            saturation: dict[str, float], before: float, after: float) -> str:
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rows[name])
+        return float(statistics.median(getattr(r, field) for r in rows[name]))
 
     direct50, direct99 = median("direct", "p50_ms"), median("direct", "p99_ms")
     lines = [
