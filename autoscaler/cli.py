@@ -17,6 +17,7 @@ SUBCOMMANDS = {
                 "start, watch, promote, abort, pause or resume a canary rollout"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.simulate", "replay a traffic trace against a scaling policy"),
+    "loadtest": ("loadtests.loadtest:main", "run a load scenario, judge it, write a report"),
     "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),
 }
 
