@@ -24,12 +24,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import pydantic
+import urllib3
 from kubernetes import client, config
 
 from loadtests import observe
 from policies import resources, rollout, scaling
 
 GROUP, VERSION = resources.GROUP, resources.VERSION
+FAILURES: tuple[type[Exception], ...] = (*observe.READ_FAILURES, client.ApiException,
+                                         urllib3.exceptions.HTTPError)
+"""The client raises urllib3's errors (not OSErrors) when the apiserver does not answer."""
 
 
 class KubernetesObserver:
@@ -59,6 +63,7 @@ class KubernetesObserver:
                 client_configuration=configuration)
         except (config.ConfigException, OSError) as error:
             raise observe.ObserverError(f"cannot load the kubeconfig: {error}") from None
+        configuration.retries = 1  # a sample is retried by the next one anyway
         return cls(client.ApiClient(configuration), namespace, service, **kwargs)
 
     def _list(self, plural: str) -> list[dict[str, Any]]:
@@ -71,7 +76,7 @@ class KubernetesObserver:
         found: dict[str, scaling.ScalingPolicy] = {}
         try:
             items = self._list(resources.SCALING_POLICY.plural)
-        except (client.ApiException, OSError) as error:
+        except FAILURES as error:
             raise observe.ObserverError(f"cannot list ScalingPolicies in {self.namespace}: "
                                         f"{error}") from None
         for item in items:
@@ -86,10 +91,10 @@ class KubernetesObserver:
     def sample(self) -> observe.Sample:
         problems: list[str] = []
         at = self.clock()
-        policies = observe.guarded(problems, "ScalingPolicies",
-                                   lambda: self._list(resources.SCALING_POLICY.plural)) or []
-        rollouts = observe.guarded(problems, "Rollouts",
-                                   lambda: self._list(resources.ROLLOUT.plural)) or []
+        policies = observe.guarded(problems, "ScalingPolicies", lambda: self._list(
+            resources.SCALING_POLICY.plural), FAILURES) or []
+        rollouts = observe.guarded(problems, "Rollouts", lambda: self._list(
+            resources.ROLLOUT.plural), FAILURES) or []
         current = self._current(rollouts)
         revisions = {item["spec"]["revision"]: _revision_state(item, current)
                      for item in policies}
@@ -99,7 +104,8 @@ class KubernetesObserver:
                 self.router_admin or "", self.service, self.timeout_s))
         names = {("ScalingPolicy", item["metadata"]["name"]) for item in policies} | {
             ("Rollout", item["metadata"]["name"]) for item in rollouts}
-        events = observe.guarded(problems, "Events", lambda: self._new_events(names)) or []
+        events = observe.guarded(problems, "Events", lambda: self._new_events(names),
+                                 FAILURES) or []
         return observe.Sample(at=at, revisions=revisions, router=router,
                               rollout=_rollout_state(current) if current else None,
                               events=tuple(events), problems=tuple(problems))
@@ -145,7 +151,7 @@ class KubernetesObserver:
         except client.ApiException as error:
             raise observe.ObserverError(f"the apiserver refused the Rollout ({error.status}): "
                                         f"{error.body or error.reason}") from None
-        except OSError as error:
+        except FAILURES as error:
             raise observe.ObserverError(f"cannot reach the apiserver: {error}") from None
         self.rollout_name = created["metadata"]["name"]
         return asked_at

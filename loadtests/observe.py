@@ -139,11 +139,16 @@ def read_router(admin_url: str, service: str, timeout_s: float) -> dict[str, Rou
             for row in stats["revisions"] if row["service"] == service}
 
 
-def guarded(problems: list[str], what: str, call: Callable[[], Any]) -> Any:
+READ_FAILURES: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, TypeError)
+"""What a read can fail with: no answer, a timeout, an answer that is not what was expected."""
+
+
+def guarded(problems: list[str], what: str, call: Callable[[], Any],
+            failures: tuple[type[Exception], ...] = READ_FAILURES) -> Any:
     """call(), or None with a problem noted: one part not answering must not end the run."""
     try:
         return call()
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except failures as error:
         problems.append(f"{what}: {error}")
         return None
 
