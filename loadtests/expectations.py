@@ -260,9 +260,9 @@ def _scale_events(run: record.Run, spec: scenario.ScaleEvents) -> list[Result]:
     if not any(start <= t < end for t, _ in run.states(revision)):
         return [Result(name, Outcome.UNKNOWN, None, f"<= {spec.max}", "changes",
                        f"scaleEvents of {revision}: never observed in {where}")]
-    changes = [(t, a, b) for t, a, b in run.scale_changes(revision) if start <= t < end]
+    changes = [c for c in run.scale_changes(revision) if start <= c.t < end]
     outcome = Outcome.PASS if len(changes) <= spec.max else Outcome.FAIL
-    listed = ", ".join(f"{a} -> {b} at {t:.1f} s" for t, a, b in changes[:5])
+    listed = ", ".join(str(change) for change in changes[:5])
     more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
     detail = f" ({listed}{more})" if changes else ""
     return [Result(name, outcome, len(changes), f"<= {spec.max}", "changes",

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import expectations, observe, record, report, run, scenario
@@ -84,15 +85,16 @@ def execute(plan: scenario.Scenario, host: str, observer: observe.Observer, *,
         summary_path = Path(scratch) / "summary.json"
         env = {**plan.locust_env(), "SLUICE_SCENARIO": "",  # this plan, not one in the env
                "SLUICE_STARTED_FILE": str(started_file), "SLUICE_STOP_FILE": str(stop_file)}
-        outcome: dict[str, object] = {}
+        summaries: list[dict[str, object]] = []
+        errors: list[Exception] = []
 
         def load() -> None:
             try:
-                outcome["summary"] = run.locust(host, plan.schedule(), plan.seconds, env=env,
-                                                summary_path=summary_path,
-                                                stop_timeout_s=plan.users.timeout_seconds)
+                summaries.append(run.locust(host, plan.schedule(), plan.seconds, env=env,
+                                            summary_path=summary_path,
+                                            stop_timeout_s=plan.users.timeout_seconds))
             except Exception as error:  # handed to the main thread, raised there
-                outcome["error"] = error
+                errors.append(error)
 
         rollout_started_at = None
         with Sampler(observer, sample_s) as sampler:
@@ -106,11 +108,9 @@ def execute(plan: scenario.Scenario, host: str, observer: observe.Observer, *,
                 if rollout_started_at is None and plan.rollout is not None:
                     stop_file.touch()  # the rollout was refused: end the load now
                 loader.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    summary = outcome["summary"]
-    assert isinstance(summary, dict)
-    return record.Run(scenario=plan, client=record.Client.from_summary(summary),
+    if errors:
+        raise errors[0]
+    return record.Run(scenario=plan, client=record.Client.from_summary(summaries[0]),
                       samples=tuple(sampler.samples), policies=policies,
                       rollout_started_at=rollout_started_at, target=target)
 
@@ -167,9 +167,19 @@ def _drive_rollout(spec: scenario.Rollout, observer: observe.Observer, sampler: 
     return started
 
 
-def _observer(args: argparse.Namespace, plan: scenario.Scenario
-              ) -> tuple[observe.Observer, str, str]:
-    """The observer the options ask for, the host to load, and a description of both."""
+@dataclass(frozen=True)
+class Target:
+    """What the options point at: the observer, the host to load, and how to describe them."""
+
+    observer: observe.Observer
+    host: str
+    description: str
+    sample_s: float
+    """Seconds between observations by default: the controller's status is cheap locally; an
+    apiserver is shared, and the Kubernetes controller writes status once per tick anyway."""
+
+
+def _target(args: argparse.Namespace, plan: scenario.Scenario) -> Target:
     router_admin = args.router_admin
     if args.kubeconfig is not None or args.namespace is not None:
         from loadtests import kube_observer  # the kubernetes client only when asked for
@@ -178,11 +188,10 @@ def _observer(args: argparse.Namespace, plan: scenario.Scenario
         kube = kube_observer.KubernetesObserver.from_kubeconfig(
             args.kubeconfig, args.context, args.namespace or "default", plan.service,
             router_admin=router_admin)
-        return kube, host, (f"{host}, observed in namespace {kube.namespace} "
-                            f"({args.kubeconfig or 'default kubeconfig'})")
-    controller = args.controller
+        return Target(kube, host, f"{host}, observed in namespace {kube.namespace} "
+                                  f"({args.kubeconfig or 'default kubeconfig'})", 2.0)
+    controller, host = args.controller, args.host
     policies = {}
-    host = args.host
     if args.stack is not None:
         stack = observe.LocalStack.load(args.stack)
         if plan.service not in stack.policies:
@@ -192,12 +201,14 @@ def _observer(args: argparse.Namespace, plan: scenario.Scenario
         controller = controller or stack.controller
         router_admin = router_admin or stack.router_admin
         host = host or f"http://{stack.router}"
+    # Without a stack file: the addresses `sluice up` listens on by default.
     controller = controller or "127.0.0.1:8082"
     router_admin = router_admin or "127.0.0.1:8081"
     host = host or "http://127.0.0.1:8080"
     local = observe.LocalObserver(plan.service, controller, router_admin, policies,
                                   token_file=args.token_file)
-    return local, host, f"{host}, observed at controller {controller}, router admin {router_admin}"
+    return Target(local, host, f"{host}, observed at controller {controller}, router admin "
+                               f"{router_admin}", 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,22 +265,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sluice loadtest: {message}", file=sys.stderr, flush=True)
 
     try:
-        observer, host, target = _observer(args, plan)
+        target = _target(args, plan)
     except observe.ObserverError as error:
         say(str(error))
         return 2
-    sample_s = args.sample_seconds or (2.0 if "namespace" in target else 0.5)
     path = args.report or Path(
         f"sluice-loadtest-{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}.html")
-    say(f"{plan.name}: {plan.seconds:g} s of load on {target}")
+    say(f"{plan.name}: {plan.seconds:g} s of load on {target.description}")
     try:
-        done = execute(plan, host, observer, sample_s=sample_s, target=target, say=say)
+        done = execute(plan, target.host, target.observer,
+                       sample_s=args.sample_seconds or target.sample_s,
+                       target=target.description, say=say)
     except (RunError, run.LoadRunError, observe.ObserverError) as error:
         say(str(error))
         return 2
     finally:
         with contextlib.suppress(Exception):
-            observer.close()
+            target.observer.close()
     results = expectations.judge(done)
     path.write_text(report.render(done, results, args.duration_scale))
     path.with_suffix(".json").write_text(json.dumps(report.as_json(done, results), indent=2)

@@ -36,7 +36,7 @@ under the revision ``"unknown"``. Latency is kept in 0.1 ms buckets, so memory s
 long soaks; percentiles are nearest-rank over those buckets.
 
 The summary also has a ``timeline`` for `sluice loadtest`'s judge and report (record.py reads
-it): per second since the test started, the requests sent (by start time), answered ok or
+it): per second since the test started, the requests sent (as they are sent), answered ok or
 failed, per revision, and a latency histogram (latency.py; by completion time), plus when the
 first request was sent and the first 2xx came back.
 
@@ -79,9 +79,13 @@ from loadtests import latency, scenario, shapes
 
 if os.environ.get("SLUICE_SCENARIO"):
     # The scenario wins over variables set before, as a file chosen on purpose should.
-    os.environ.update(scenario.load(
-        os.environ["SLUICE_SCENARIO"],
-        float(os.environ.get("SLUICE_DURATION_SCALE", "1"))).locust_env())
+    try:
+        os.environ.update(scenario.load(
+            os.environ["SLUICE_SCENARIO"],
+            float(os.environ.get("SLUICE_DURATION_SCALE", "1"))).locust_env())
+    except (scenario.ScenarioError, ValueError) as error:
+        raise SystemExit(f"SLUICE_SCENARIO={os.environ['SLUICE_SCENARIO']} is invalid:\n"
+                         f"{error}") from None
 
 MODEL = os.environ.get("SLUICE_MODEL", "model")
 V1_WEIGHT = int(os.environ.get("SLUICE_V1_WEIGHT", "1"))
@@ -130,6 +134,7 @@ class InferenceUser(FastHttpUser):
     @task(STREAM_WEIGHT)
     def oip_v2_generate_stream(self) -> None:
         body = {"text_input": "sluice", "parameters": {"max_tokens": STREAM_TOKENS}}
+        recorder.sending()
         started = time.perf_counter()
         with self.client.post(f"/v2/models/{MODEL}/generate_stream", json=body, stream=True,
                               headers=self.headers, name="v2 generate_stream",
@@ -138,9 +143,12 @@ class InferenceUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}")
                 return
             first_token_ms, tokens, finished = None, 0, False
+            # geventhttpclient's response: readline returns each line as it arrives, where
+            # Locust's iter_content waits for a whole chunk, the whole stream if it is short.
+            raw = response._response
             try:
-                for line in _lines(response.iter_content(chunk_size=4096)):
-                    if not line.startswith("data:"):
+                while line := raw.readline(b"\n"):
+                    if not line.startswith(b"data:"):
                         continue
                     if first_token_ms is None:
                         first_token_ms = (time.perf_counter() - started) * 1000
@@ -156,22 +164,12 @@ class InferenceUser(FastHttpUser):
             response.request_meta["context"]["first_token_ms"] = first_token_ms
 
     def _post(self, path: str, body: dict[str, Any], name: str) -> None:
+        recorder.sending()
         with self.client.post(path, json=body, headers=self.headers, name=name,
                               catch_response=True) as response:
             # Locust's default passes 3xx; a redirect is not an inference answer.
             if not 200 <= response.status_code < 300:
                 response.failure(f"HTTP {response.status_code}")
-
-
-def _lines(chunks: Any) -> Any:
-    """Lines of a streamed body, however its chunks split them."""
-    pending = ""
-    for chunk in chunks:
-        pending += chunk.decode() if isinstance(chunk, bytes) else chunk
-        *lines, pending = pending.split("\n")
-        yield from lines
-    if pending:
-        yield pending
 
 
 class Scenario(LoadTestShape):
@@ -238,8 +236,8 @@ class Second:
 
 
 class Timeline:
-    """Per second since the test started: requests sent by start time; answers, per revision
-    and their latency by completion time (the JSON that record.Client reads)."""
+    """Per second since the test started: requests sent, counted as they are sent; answers,
+    per revision, and their latency by completion time (the JSON that record.Client reads)."""
 
     def __init__(self, started_at: float) -> None:
         self.started_at = started_at
@@ -247,17 +245,20 @@ class Timeline:
         self.first_sent_at: float | None = None
         self.first_ok_at: float | None = None
 
+    def sending(self, at: float) -> None:
+        """A request is about to be sent: counted now, so one never answered still counts."""
+        self.seconds[self._second(at)].sent += 1
+        if self.first_sent_at is None:
+            self.first_sent_at = at
+
     def add(self, start_time: float, response_time_ms: float, revision: str,
             failed: bool) -> None:
         done = start_time + response_time_ms / 1000
-        self.seconds[self._second(start_time)].sent += 1
         second = self.seconds[self._second(done)]
         second.failed += failed
         second.ok += not failed
         second.revisions[revision][failed] += 1
         second.latency[latency.bucket(response_time_ms)] += 1
-        if self.first_sent_at is None or start_time < self.first_sent_at:
-            self.first_sent_at = start_time
         if not failed and (self.first_ok_at is None or done < self.first_ok_at):
             self.first_ok_at = done
 
@@ -285,6 +286,9 @@ class Recorder:
             collections.defaultdict(Outcomes))
         self.first_tokens = Outcomes()
         self.timeline = Timeline(time.time())
+
+    def sending(self) -> None:
+        self.timeline.sending(time.time())
 
     def record(self, response: Any, response_time: float, exception: Any,
                start_time: float | None, context: dict[str, Any]) -> None:

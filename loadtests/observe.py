@@ -175,15 +175,19 @@ class LocalStack:
         if not isinstance(data, dict):
             raise ObserverError(f"{path}: not a stack file (a mapping)")
         router, controller = data.get("router") or {}, data.get("controller") or {}
+        if not isinstance(data.get("services") or {}, dict):
+            raise ObserverError(f"{path}: services must be a mapping of service names")
         policies: dict[str, dict[str, scaling.ScalingPolicy]] = {}
         for service, spec in (data.get("services") or {}).items():
             for index, revision in enumerate((spec or {}).get("revisions") or []):
+                where = f"{path}: services.{service}.revisions.{index}"
+                if not isinstance(revision, dict) or not isinstance(revision.get("name"), str):
+                    raise ObserverError(f"{where}: a revision needs a name")
                 try:
                     policy = scaling.load_policy(revision.get("scaling") or {})
                 except pydantic.ValidationError as error:
                     first = scaling.format_validation_error(error).splitlines()[0]
-                    raise ObserverError(f"{path}: services.{service}.revisions.{index}.scaling."
-                                        f"{first}") from None
+                    raise ObserverError(f"{where}.scaling.{first}") from None
                 policies.setdefault(service, {})[revision["name"]] = policy
         # The defaults of autoscaler/config.py's RouterSpec and ControllerSpec.
         return cls(router=router.get("listen", "127.0.0.1:8080"),

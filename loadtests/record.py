@@ -1,7 +1,7 @@
 """One load test run as data: what the client saw each second and what the observer sampled.
 
 `Client` is the locustfile's timeline (its JSON summary's ``timeline``): per second of the run,
-requests sent (by start time) and answered, ok or failed, per revision (``X-Sluice-Revision``),
+requests sent (as they are sent) and answered, ok or failed, per revision (``X-Sluice-Revision``),
 and a latency histogram (by completion time). `Run` joins it with the observer's samples on one
 clock: seconds since the load started (``t``), from wall-clock times taken on this machine.
 Pure: the judge (expectations.py) and the report (report.py) read a Run; nothing here waits,
@@ -72,6 +72,18 @@ class Client:
 
 
 @dataclass(frozen=True)
+class ScaleChange:
+    t: float
+    before: int
+    after: int
+    conditions: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        why = f" ({', '.join(self.conditions)})" if self.conditions else ""
+        return f"{self.before} -> {self.after} at {self.t:.1f} s{why}"
+
+
+@dataclass(frozen=True)
 class Run:
     scenario: scenario.Scenario
     client: Client
@@ -104,15 +116,16 @@ class Run:
         return [(self.t(s.at), s.revisions[revision]) for s in self.samples
                 if revision in s.revisions]
 
-    def scale_changes(self, revision: str) -> list[tuple[float, int, int]]:
-        """(t, before, after) for every change of the replicas asked for between samples."""
+    def scale_changes(self, revision: str) -> list[ScaleChange]:
+        """Every change of the replicas asked for between samples, with the conditions the
+        controller gave with it (why: ScalingAhead, Panicking, CapacityLimited...)."""
         changes = []
         previous: int | None = None
         for t, state in self.states(revision):
             if state.desired is None:
                 continue
             if previous is not None and state.desired != previous:
-                changes.append((t, previous, state.desired))
+                changes.append(ScaleChange(t, previous, state.desired, state.conditions))
             previous = state.desired
         return changes
 

@@ -67,8 +67,9 @@ def render(run: record.Run, results: Sequence[expectations.Result],
         f"<td>{_e(r.bound)}</td><td>{_e(r.reason)}</td></tr>" for r in results)
     listed = sorted([(run.t(e.at), e.kind, e.subject, e.text, e.warning)
                      for e in _changes_only(events)]
-                    + [(t, "scale", name, f"desired {a} → {b}", False)
-                       for name in run.revisions() for t, a, b in run.scale_changes(name)])
+                    + [(c.t, "scale", name, f"desired {c.before} → {c.after}"
+                        + (f" ({', '.join(c.conditions)})" if c.conditions else ""), False)
+                       for name in run.revisions() for c in run.scale_changes(name)])
     event_rows = "\n".join(
         f"<tr{' class=warning' if warning else ''}><td>{t:.1f}</td><td>{_e(kind)}</td>"
         f"<td>{_e(subject)}</td><td>{_e(text)}</td></tr>"
@@ -345,10 +346,11 @@ def _events_panel(axes: Axes, run: record.Run, colours: dict[str, str]) -> None:
         return rows.index(label)
 
     for name in run.revisions():
-        for time, before, after in run.scale_changes(name):
-            axes.scatter([time], [row(f"scale {name}")], marker="^" if after > before else "v",
+        for change in run.scale_changes(name):
+            y = row(f"scale {name}")
+            axes.scatter([change.t], [y], marker="^" if change.after > change.before else "v",
                          color=colours.get(name, "0.3"), s=36, zorder=3)
-            axes.annotate(str(after), (time, row(f"scale {name}")), xytext=(0, 5),
+            axes.annotate(str(change.after), (change.t, y), xytext=(0, 5),
                           textcoords="offset points", fontsize=6, ha="center")
     for event in run.events():
         y = row(event.kind if event.kind in ("rollout", "verdict") else "kubernetes")

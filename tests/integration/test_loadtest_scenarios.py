@@ -77,10 +77,13 @@ def test_a_bundled_scenario_passes_on_its_stack(start_stack, tmp_path, scenario,
     assert f"<title>sluice loadtest {scenario}: PASSED</title>" in done.page()
 
 
-def test_the_soak_scenario_passes_on_a_warm_stack(start_stack, tmp_path):
-    # The short soak's warm-up (4 s) is shorter than scaling from zero takes to settle, so the
-    # stack starts with the replicas 20 rps needs; full length it warms up by itself.
-    stack = start_stack(revisions({"minReplicas": 3, "initialScale": 3}))
+def test_the_soak_scenario_passes_on_a_stack_held_at_its_count(start_stack, tmp_path):
+    # Held at the 3 replicas 20 rps needs (min = max), warm before the load: the short soak's
+    # warm-up (4 s) is shorter than scaling from zero takes to settle, and the decider flaps at
+    # this steady load today (3 <-> 4 about every 30 s, full length; see docs/loadtest-example),
+    # which the soak exists to catch but this test, which is about the soak itself, must not
+    # depend on.
+    stack = start_stack(revisions({"minReplicas": 3, "initialScale": 3, "maxReplicas": 3}))
     stack.wait_for(lambda status: status["v1"]["ready"] == 3)
     done = Loadtest(stack, tmp_path, "soak", 0.07)
     assert done.passed(), done

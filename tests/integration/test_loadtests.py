@@ -2,7 +2,9 @@
 
 Covered: a constant-rate run delivers about users x per-user rate x time requests, all
 successful, split over both revisions by the route weights and counted per revision from
-X-Sluice-Revision; failed answers are counted as failures with their status code and revision;
+X-Sluice-Revision; streamed generate requests are read to their last token, with the time to
+the first one kept apart, and the per-second timeline adds up to the same counts;
+failed answers are counted as failures with their status code and revision;
 a Step run ends by itself before the run's hard end; non-loopback hosts are refused before
 anything starts; and the harness never imports Locust into the calling process. The schedules'
 timing is unit-tested in tests/unit/test_shapes.py.
@@ -13,6 +15,7 @@ the autoscaler and belong to its end-to-end tests.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -49,6 +52,33 @@ def test_constant_rate_is_delivered_and_counted_per_revision(start_model_server,
     # Smooth weighting makes 80/20 exact to within a request per revision.
     assert summary.requests_by_revision["v2"] == pytest.approx(summary.requests * 0.2, abs=2)
     assert 0 < summary.p50_ms <= summary.p99_ms
+
+
+def test_streamed_generate_requests_are_read_to_the_last_token(start_model_server,
+                                                               start_router, tmp_path):
+    tokens, token_delay_s = 20, 0.01
+    server = start_model_server("--revision", "v1", "--token-delay", str(token_delay_s))
+    router = start_router(service(revision("v1", 100, server.url)))
+    path = tmp_path / "summary.json"
+
+    summary = run.run_locust(router.url, shapes.Constant(3), 3.0, summary_path=path, env={
+        "SLUICE_USER_RPS": "2", "SLUICE_V1_WEIGHT": "0", "SLUICE_V2_WEIGHT": "0",
+        "SLUICE_STREAM_WEIGHT": "1", "SLUICE_STREAM_TOKENS": str(tokens)})
+
+    assert summary.requests > 0
+    assert summary.failures == 0, summary.status_codes
+    assert summary.revisions["v1"].requests == summary.requests
+    document = json.loads(path.read_text())
+    # A stream's latency is to its last token, after (tokens - 1) delays; the first token is
+    # timed as it arrives, most of that production time earlier.
+    production_ms = (tokens - 1) * token_delay_s * 1000
+    assert summary.p50_ms >= production_ms
+    assert document["first_token_ms"]["p50"] < summary.p50_ms - production_ms / 2
+    seconds = document["timeline"]["seconds"]
+    assert sum(s["ok"] for s in seconds) == summary.requests
+    assert sum(s["revisions"].get("v1", [0, 0])[0] for s in seconds) == summary.requests
+    # Counted when sent: the streams the end of the run cut short are sent, never answered.
+    assert 0 <= sum(s["sent"] for s in seconds) - summary.requests <= 3
 
 
 def test_failed_answers_are_counted_with_their_revision(start_model_server, start_router):
