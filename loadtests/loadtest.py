@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scenario is None:
         parser.error("name a scenario (--list shows the bundled ones)")
+    if args.sample_seconds is not None and not 0.05 <= args.sample_seconds <= 60:
+        parser.error(f"--sample-seconds {args.sample_seconds:g} is not in [0.05, 60]")
     if importlib.util.find_spec("locust") is None:
         print("sluice loadtest: Locust is not installed: pip install 'sluice[loadtest]'",
               file=sys.stderr)

@@ -60,6 +60,9 @@ Environment:
   guessing a duration; ``SLUICE_RUN_SECONDS`` stays the hard bound.
 - ``SLUICE_STARTED_FILE``: written with the wall-clock start time when the test starts, so the
   caller knows when t = 0 was (a canary scenario starts its rollout relative to it).
+
+A run with a shape also stops at the first tick after the process that started Locust is gone
+(`sluice loadtest` killed): load nobody reads is not sent on.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ if min(V1_WEIGHT, V2_WEIGHT, STREAM_WEIGHT) < 0 or V1_WEIGHT + V2_WEIGHT + STREA
                      f"SLUICE_STREAM_WEIGHT={STREAM_WEIGHT}: weights must be >= 0 and not all 0")
 
 _user_numbers = itertools.count()
+PARENT = os.getppid()
 
 
 class InferenceUser(FastHttpUser):
@@ -185,6 +189,8 @@ class Scenario(LoadTestShape):
     def tick(self) -> shapes.Tick | None:
         if STOP_FILE and os.path.exists(STOP_FILE):
             return None
+        if os.getppid() != PARENT:
+            return None  # whoever started this run is gone: nobody is left to read it
         return shapes.tick_at(self.schedule, self.get_run_time(), self.run_seconds)
 
 

@@ -5,8 +5,9 @@ successful, split over both revisions by the route weights and counted per revis
 X-Sluice-Revision; streamed generate requests are read to their last token, with the time to
 the first one kept apart, and the per-second timeline adds up to the same counts;
 failed answers are counted as failures with their status code and revision;
-a Step run ends by itself before the run's hard end; non-loopback hosts are refused before
-anything starts; and the harness never imports Locust into the calling process. The schedules'
+a Step run ends by itself before the run's hard end; Locust stops when the process that started
+it dies; non-loopback hosts are refused before anything starts; and the harness never imports
+Locust into the calling process. The schedules'
 timing is unit-tested in tests/unit/test_shapes.py.
 
 Not covered here: RampFromZero against a scale-from-zero revision and sticky users, which need
@@ -16,8 +17,13 @@ the autoscaler and belong to its end-to-end tests.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +109,44 @@ def test_failed_answers_are_counted_with_their_revision(start_model_server, star
 def test_only_loopback_hosts_are_accepted(host):
     with pytest.raises(ValueError, match="host"):
         run.run_locust(host, shapes.Constant(1), 1.0)
+
+
+def test_locust_stops_when_whoever_started_it_dies(start_model_server):
+    server = start_model_server()
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from loadtests import run, shapes; "
+         "run.locust(sys.argv[1], shapes.Constant(2), 120.0)", server.url], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while _admitted(server) == 0:  # Locust is sending
+            assert time.monotonic() < deadline, "Locust never sent a request"
+            time.sleep(0.2)
+        [locust] = Path(f"/proc/{starter.pid}/task/{starter.pid}/children").read_text().split()
+    finally:
+        starter.kill()
+        starter.wait()
+    # The shape's next tick sees its parent gone and ends the run, long before its 120 s.
+    deadline = time.monotonic() + 30
+    try:
+        while _state(locust) != "Z":
+            assert time.monotonic() < deadline, "Locust outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if _state(locust) != "Z":
+            os.kill(int(locust), signal.SIGKILL)
+
+
+def _admitted(server) -> int:
+    with urllib.request.urlopen(f"{server.url}/debug/requests", timeout=5) as answer:
+        return json.load(answer)["count"]
+
+
+def _state(pid: str) -> str:
+    """The process's state letter; Z (a zombie) also when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_the_harness_does_not_bring_locust_into_its_caller():
