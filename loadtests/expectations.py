@@ -271,7 +271,7 @@ def _scale_events(run: record.Run, spec: scenario.ScaleEvents) -> list[Result]:
 
 
 def _rollout(run: record.Run, spec: scenario.RolloutOutcome) -> list[Result]:
-    name = "rollout"
+    name = f"rollout (expected {spec.phase})"
     bound = f"{spec.phase} within {spec.within_seconds:g} s"
     if run.rollout_started_at is None:
         return [Result(name, Outcome.UNKNOWN, None, bound, "", "rollout: it was never started")]
@@ -299,7 +299,8 @@ def _rollout(run: record.Run, spec: scenario.RolloutOutcome) -> list[Result]:
     if spec.max_errors is not None:
         failed = sum(s.failed for s in run.client.between(started, float("inf")))
         outcome = Outcome.PASS if failed <= spec.max_errors else Outcome.FAIL
-        results.append(Result("rollout errors", outcome, failed, f"<= {spec.max_errors}",
+        results.append(Result(f"rollout errors (expected {spec.phase})", outcome, failed,
+                              f"<= {spec.max_errors}",
                               "requests", f"rollout errors: {failed} requests failed from the "
                               f"rollout's start to the end of the run; bound <= "
                               f"{spec.max_errors}"))

@@ -91,7 +91,7 @@ h1 {{ font-size: 22px; margin-bottom: 4px; }}
 table {{ border-collapse: collapse; width: 100%; margin: 8px 0 20px; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left;
           vertical-align: top; }}
-th {{ background: #f4f4f4; }}
+th {{ background: #f4f4f4; white-space: nowrap; }}
 tr.fail td.outcome, tr.unknown td.outcome {{ color: #c62828; font-weight: 600; }}
 tr.pass td.outcome {{ color: #2e7d32; font-weight: 600; }}
 tr.warning td {{ background: #fff1f0; }}

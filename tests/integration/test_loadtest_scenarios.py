@@ -40,7 +40,7 @@ class Loadtest:
 
     def __init__(self, stack, tmp_path: Path, scenario: str, scale: float) -> None:
         run.require_loopback(stack.url)
-        self.report = tmp_path / f"{scenario}.html"
+        self.report = tmp_path / f"{Path(scenario).stem}.html"
         self.done = subprocess.run(
             [sys.executable, "-m", "autoscaler.cli", "loadtest", scenario, "--stack",
              str(stack.file), "--host", stack.url, "--duration-scale", str(scale),
@@ -94,7 +94,7 @@ def test_the_canary_scenario_promotes_a_good_canary(start_stack, tmp_path):
     stack = start_stack(revisions())
     done = Loadtest(stack, tmp_path, "canary", 0.5)
     assert done.passed(), done
-    assert done.results["rollout"]["observed"] == "Promoted"
+    assert done.results["rollout (expected Promoted)"]["observed"] == "Promoted"
 
 
 def test_a_step_beyond_max_replicas_fails_naming_the_expectation_observed_and_bound(
@@ -117,16 +117,27 @@ def test_a_step_beyond_max_replicas_fails_naming_the_expectation_observed_and_bo
 
 def test_a_canary_with_errors_expected_to_promote_fails_naming_the_verdict(
         start_stack, tmp_path):
+    # The bundled canary, also expecting what a bad canary should meet: rolled back in time,
+    # at a bounded cost. One run judges both.
+    canary = yaml.safe_load((ROOT / "loadtests" / "scenarios" / "canary.yaml").read_text())
+    canary["expectations"].append(
+        {"rollout": {"phase": "RolledBack", "withinSeconds": 30, "maxErrors": 25}})
+    (tmp_path / "canary.yaml").write_text(yaml.safe_dump(canary))
     stack = start_stack(revisions(v2_args=("--error-rate", "0.05")))
-    done = Loadtest(stack, tmp_path, "canary", 0.5)
+    done = Loadtest(stack, tmp_path, str(tmp_path / "canary.yaml"), 0.5)
 
     assert done.done.returncode == 1, done
-    verdict = done.results["rollout"]
-    assert (verdict["outcome"], verdict["observed"], verdict["bound"]) == (
+    promoted = done.results["rollout (expected Promoted)"]
+    assert (promoted["outcome"], promoted["observed"], promoted["bound"]) == (
         "fail", "RolledBack", "Promoted within 90 s"), done
-    assert verdict["reason"].startswith("rollout: expected Promoted within 90 s; observed "
-                                        "RolledBack "), verdict
-    assert "error" in verdict["reason"]  # the rollback's own reason: the canary's errors
+    assert promoted["reason"].startswith("rollout: expected Promoted within 90 s; observed "
+                                         "RolledBack "), promoted
+    assert "error" in promoted["reason"]  # the rollback's own reason: the canary's errors
+    assert ("FAIL    rollout (expected Promoted): observed RolledBack, bound Promoted within "
+            "90 s") in done.done.stdout
     errors = done.results["errors (the whole run)"]
     assert errors["outcome"] == "fail" and errors["observed"] > 0
-    assert "FAIL    rollout: observed RolledBack, bound Promoted within 90 s" in done.done.stdout
+    rolled_back = done.results["rollout (expected RolledBack)"]
+    cost = done.results["rollout errors (expected RolledBack)"]
+    assert (rolled_back["outcome"], cost["outcome"]) == ("pass", "pass"), done
+    assert 0 < cost["observed"] <= 25

@@ -229,6 +229,7 @@ def test_rollout_verdict_and_time(phases, expected, outcome, reason):
     expectation = {"rollout": {"phase": expected, "withinSeconds": 30}}
     [result] = judged(run(expectation, steady(25), samples, rollout_at=2.0))
     assert result.outcome is outcome
+    assert result.expectation == f"rollout (expected {expected})"
     assert result.bound == f"{expected} within 30 s"
     assert reason in result.reason
 
