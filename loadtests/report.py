@@ -193,9 +193,11 @@ def drawing(run: record.Run, results: Sequence[expectations.Result]) -> figure.F
 
 
 def smoothing_s(run: record.Run) -> int:
-    """Seconds rates are averaged over: a user sends every 1/rpsPerUser s, so one-second
-    counts alternate (1.5 rps: 1, 2, 1, 2 requests a user) unless a bin spans whole cycles."""
-    return max(1, math.ceil(2 / run.scenario.users.rps_per_user - 1e-9))
+    """Seconds rates are averaged over. A user sends every 1/rpsPerUser s, so one-second counts
+    alternate (1.5 rps: 1, 2, 1, 2 requests a user) unless a bin spans whole cycles; and users
+    whose sends fall near a second's edge move across it with any jitter. Two seconds at least,
+    and two of a user's cycles."""
+    return max(2, math.ceil(2 / run.scenario.users.rps_per_user - 1e-9))
 
 
 def _mean(values: Sequence[float], width: int) -> np.ndarray:
@@ -234,8 +236,8 @@ def _load_panel(axes: Axes, run: record.Run, t: np.ndarray) -> None:
     _per_second(axes, t, [s.failed for s in seconds], width, color="tab:red", linewidth=1.4,
                 label="failed")
     axes.set_ylabel("requests/s")
-    per = f", mean over {width} s" if width > 1 else ""
-    axes.set_title(f"load offered and served (client{per})", loc="left", fontsize=10)
+    axes.set_title(f"load offered and served (client, mean over {width} s)", loc="left",
+                   fontsize=10)
     axes.legend(loc="upper right", fontsize=8, ncol=4)
 
 
@@ -256,9 +258,8 @@ def _split_panel(axes: Axes, run: record.Run, t: np.ndarray,
             _per_second(axes, t, errors, width, color=colours.get(name, "tab:red"),
                         linestyle=":", linewidth=1.8, label=f"{name} failed")
     axes.set_ylabel("requests/s")
-    per = f", mean over {width} s" if width > 1 else ""
-    axes.set_title(f"per revision: answers served and failed (by X-Sluice-Revision{per}); "
-                   "same scale as above", loc="left", fontsize=10)
+    axes.set_title(f"per revision: answers served and failed (by X-Sluice-Revision, mean over "
+                   f"{width} s); same scale as above", loc="left", fontsize=10)
     weights = axes.twinx()
     series = {name: [(time, s.weight) for time, s in run.states(name) if s.weight is not None]
               for name in run.revisions()}
