@@ -44,6 +44,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -435,7 +436,7 @@ PROBING = {"fast probes (default)": {}, "every period (fast_period_s: 0)": {"fas
 
 
 @contextlib.contextmanager
-def local_stack(revisions: list[dict], tick_s: float) -> Iterator[tuple[int, str, Path]]:
+def local_stack(revisions: list[dict[str, Any]], tick_s: float) -> Iterator[tuple[int, str, Path]]:
     """`sluice up` on free ports: (router port, status URL, run directory)."""
     port, admin, status_port = free_port(), free_port(), free_port()
     stack = {"router": {"listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}"},
@@ -461,7 +462,7 @@ def local_stack(revisions: list[dict], tick_s: float) -> Iterator[tuple[int, str
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def revision_rows(status_url: str) -> dict[str, dict]:
+def revision_rows(status_url: str) -> dict[str, dict[str, Any]]:
     document = json.loads(urllib.request.urlopen(status_url, timeout=5).read())
     return {row["name"]: row for row in document["revisions"]}
 
@@ -656,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(args: argparse.Namespace, rows: dict[str, list[Latency]],
            saturation: dict[str, float], before: float, after: float) -> str:
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rows[name])
+        return float(statistics.median(getattr(r, field) for r in rows[name]))
 
     direct50, direct99 = median("direct", "p50_ms"), median("direct", "p99_ms")
     lines = [

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     def log(message: str) -> None:
         print(f"{time.time():.6f} {message}", file=sys.stderr, flush=True)
 
-    server.log = log
+    server.log = log  # type: ignore[attr-defined]
     time.sleep(args.listen_after + random.uniform(0, args.jitter))
     server.main([a for a in args.server_args if a != "--"])
 

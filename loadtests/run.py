@@ -111,6 +111,19 @@ def run_locust(host: str, shape: shapes.Schedule, seconds: float, *,
     Summary. LoadRunError means Locust itself failed.
     """
     require_loopback(host)
+    return Summary.from_json(locust(host, shape, seconds, env=env, summary_path=summary_path))
+
+
+def locust(host: str, shape: shapes.Schedule, seconds: float, *,
+           env: Mapping[str, str] | None = None, summary_path: Path | None = None,
+           stop_timeout_s: float | None = None) -> dict[str, Any]:
+    """Locust headless on locustfile.py against any `host`; its JSON summary.
+
+    As `run_locust`, without the loopback check: `sluice loadtest` loads the host its user
+    names; tests go through `run_locust`. With `stop_timeout_s`, users being stopped finish
+    the request they are in (up to that long) instead of being killed mid-request, so every
+    request sent is answered or failed in the summary.
+    """
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     with tempfile.TemporaryDirectory(prefix="sluice-load-") as scratch:
@@ -121,11 +134,13 @@ def run_locust(host: str, shape: shapes.Schedule, seconds: float, *,
         # --exit-code-on-error 0: failed requests are results, so a non-zero exit is a crash.
         argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                 "--host", host, "--only-summary", "--exit-code-on-error", "0"]
+        if stop_timeout_s is not None:
+            argv += ["--stop-timeout", f"{stop_timeout_s:g}"]
         try:
             # cwd: Locust puts it on sys.path, which makes `loadtests` importable there.
             done = subprocess.run(argv, cwd=ROOT, env=locust_env, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True,
-                                  timeout=seconds + STARTUP_AND_SHUTDOWN_S)
+                                  timeout=seconds + STARTUP_AND_SHUTDOWN_S + (stop_timeout_s or 0))
         except subprocess.TimeoutExpired as expired:
             raise LoadRunError(_describe(f"still running after {expired.timeout:.0f}s; killed",
                                          expired.stdout, expired.stderr)) from None
@@ -134,7 +149,8 @@ def run_locust(host: str, shape: shapes.Schedule, seconds: float, *,
                                          done.stderr))
         if not path.exists():
             raise LoadRunError(_describe(f"wrote no summary to {path}", done.stdout, done.stderr))
-        return Summary.from_json(json.loads(path.read_text()))
+        summary: dict[str, Any] = json.loads(path.read_text())
+        return summary
 
 
 def _describe(problem: str, stdout: str | bytes | None, stderr: str | bytes | None) -> str:
@@ -149,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.run",
                                      description="Run a load scenario; print its JSON summary.")
     parser.add_argument("--host", required=True, help="router URL, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--shape", choices=sorted(shapes.SCHEDULES), default="Constant")
+    # Phases come from scenario files: `sluice loadtest`.
+    parser.add_argument("--shape", choices=sorted(set(shapes.SCHEDULES) - {"Phases"}),
+                        default="Constant")
     parser.add_argument("--users", type=int, required=True)
     parser.add_argument("--user-rps", type=float, default=1.0,
                         help="requests per second per user; the target is users x this")

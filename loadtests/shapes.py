@@ -23,6 +23,9 @@ Scenarios, chosen by ``SLUICE_SHAPE`` with their parameters in the environment (
 - ``Step``: no users for ``SLUICE_IDLE_SECONDS`` (the autoscaler scales to zero), then
   ``SLUICE_USERS`` at once for ``SLUICE_HOLD_SECONDS``, then stop; checks reaction and hysteresis.
 - ``Constant``: ``SLUICE_USERS`` users throughout; the canary soak for SLO analysis.
+- ``Phases``: a list of phases (``SLUICE_PHASES``, JSON), each holding a user count for a
+  while, reached at once or by a linear ramp; what a scenario file's ``phases`` become
+  (loadtests/scenario.py).
 
 Every run also has a hard end, ``SLUICE_RUN_SECONDS`` (see `tick_at`), so a schedule that holds
 forever still stops.
@@ -30,6 +33,7 @@ forever still stops.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -122,8 +126,82 @@ class Constant:
         return cls(users=int(env["SLUICE_USERS"]))
 
 
-Schedule = RampFromZero | Step | Constant
-SCHEDULES: dict[str, type[Schedule]] = {cls.__name__: cls for cls in (RampFromZero, Step, Constant)}
+@dataclass(frozen=True)
+class Phase:
+    """`users` users for `seconds`; reached by a linear ramp over the phase's first
+    `ramp_seconds` from the previous phase's count (0 before the first), or at once."""
+
+    seconds: float
+    users: int
+    ramp_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.seconds > 0, "seconds must be positive")
+        _require(self.users >= 0, "users must not be negative")
+        _require(0 <= self.ramp_seconds <= self.seconds,
+                 "ramp_seconds must be between 0 and the phase's seconds")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The phases one after another, then the end."""
+
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        _require(len(self.phases) >= 1, "at least one phase is needed")
+
+    @property
+    def seconds(self) -> float:
+        return sum(phase.seconds for phase in self.phases)
+
+    def users_at(self, run_time: float) -> float | None:
+        """The user count asked for at `run_time` (fractional along a ramp), or None once
+        every phase has ended."""
+        found = self._phase_at(run_time)
+        if found is None:
+            return None
+        phase, previous, into = found
+        if into < phase.ramp_seconds:
+            return previous + (phase.users - previous) * into / phase.ramp_seconds
+        return float(phase.users)
+
+    def tick(self, run_time: float) -> Tick | None:
+        found = self._phase_at(run_time)
+        if found is None:
+            return None
+        phase, previous, into = found
+        if into < phase.ramp_seconds:
+            # On the line between the counts, never past it: floor going up, ceil going down.
+            users = previous + (phase.users - previous) * into / phase.ramp_seconds
+            count = math.floor(users) if phase.users > previous else math.ceil(users)
+            return Tick(count, spawn_rate=max(1.0, abs(phase.users - previous)
+                                              / phase.ramp_seconds))
+        # At once: every user within one second, as in Step.
+        return Tick(phase.users, spawn_rate=max(1.0, float(abs(phase.users - previous))))
+
+    def _phase_at(self, run_time: float) -> tuple[Phase, int, float] | None:
+        """The phase running at `run_time`, the previous phase's users and the time into it."""
+        start, previous = 0.0, 0
+        for phase in self.phases:
+            if run_time < start + phase.seconds:
+                return phase, previous, run_time - start
+            start, previous = start + phase.seconds, phase.users
+        return None
+
+    def to_env(self) -> dict[str, str]:
+        return {"SLUICE_SHAPE": "Phases", "SLUICE_PHASES": json.dumps(
+            [[phase.seconds, phase.users, phase.ramp_seconds] for phase in self.phases])}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Phases:
+        return cls(tuple(Phase(float(seconds), int(users), float(ramp))
+                         for seconds, users, ramp in json.loads(env["SLUICE_PHASES"])))
+
+
+Schedule = RampFromZero | Step | Constant | Phases
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.__name__: cls for cls in (RampFromZero, Step, Constant, Phases)}
 
 
 def from_env(env: Mapping[str, str]) -> Schedule:

@@ -2,9 +2,12 @@
 
 Covered: a constant-rate run delivers about users x per-user rate x time requests, all
 successful, split over both revisions by the route weights and counted per revision from
-X-Sluice-Revision; failed answers are counted as failures with their status code and revision;
-a Step run ends by itself before the run's hard end; non-loopback hosts are refused before
-anything starts; and the harness never imports Locust into the calling process. The schedules'
+X-Sluice-Revision; streamed generate requests are read to their last token, with the time to
+the first one kept apart, and the per-second timeline adds up to the same counts;
+failed answers are counted as failures with their status code and revision;
+a Step run ends by itself before the run's hard end; Locust stops when the process that started
+it dies; non-loopback hosts are refused before anything starts; and the harness never imports
+Locust into the calling process. The schedules'
 timing is unit-tested in tests/unit/test_shapes.py.
 
 Not covered here: RampFromZero against a scale-from-zero revision and sticky users, which need
@@ -13,8 +16,14 @@ the autoscaler and belong to its end-to-end tests.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +60,33 @@ def test_constant_rate_is_delivered_and_counted_per_revision(start_model_server,
     assert 0 < summary.p50_ms <= summary.p99_ms
 
 
+def test_streamed_generate_requests_are_read_to_the_last_token(start_model_server,
+                                                               start_router, tmp_path):
+    tokens, token_delay_s = 20, 0.01
+    server = start_model_server("--revision", "v1", "--token-delay", str(token_delay_s))
+    router = start_router(service(revision("v1", 100, server.url)))
+    path = tmp_path / "summary.json"
+
+    summary = run.run_locust(router.url, shapes.Constant(3), 3.0, summary_path=path, env={
+        "SLUICE_USER_RPS": "2", "SLUICE_V1_WEIGHT": "0", "SLUICE_V2_WEIGHT": "0",
+        "SLUICE_STREAM_WEIGHT": "1", "SLUICE_STREAM_TOKENS": str(tokens)})
+
+    assert summary.requests > 0
+    assert summary.failures == 0, summary.status_codes
+    assert summary.revisions["v1"].requests == summary.requests
+    document = json.loads(path.read_text())
+    # A stream's latency is to its last token, after (tokens - 1) delays; the first token is
+    # timed as it arrives, most of that production time earlier.
+    production_ms = (tokens - 1) * token_delay_s * 1000
+    assert summary.p50_ms >= production_ms
+    assert document["first_token_ms"]["p50"] < summary.p50_ms - production_ms / 2
+    seconds = document["timeline"]["seconds"]
+    assert sum(s["ok"] for s in seconds) == summary.requests
+    assert sum(s["revisions"].get("v1", [0, 0])[0] for s in seconds) == summary.requests
+    # Counted when sent: the streams the end of the run cut short are sent, never answered.
+    assert 0 <= sum(s["sent"] for s in seconds) - summary.requests <= 3
+
+
 def test_failed_answers_are_counted_with_their_revision(start_model_server, start_router):
     broken = start_model_server("--revision", "v1", "--error-rate", "1.0")
     router = start_router(service(revision("v1", 100, broken.url)))
@@ -73,6 +109,44 @@ def test_failed_answers_are_counted_with_their_revision(start_model_server, star
 def test_only_loopback_hosts_are_accepted(host):
     with pytest.raises(ValueError, match="host"):
         run.run_locust(host, shapes.Constant(1), 1.0)
+
+
+def test_locust_stops_when_whoever_started_it_dies(start_model_server):
+    server = start_model_server()
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from loadtests import run, shapes; "
+         "run.locust(sys.argv[1], shapes.Constant(2), 120.0)", server.url], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while _admitted(server) == 0:  # Locust is sending
+            assert time.monotonic() < deadline, "Locust never sent a request"
+            time.sleep(0.2)
+        [locust] = Path(f"/proc/{starter.pid}/task/{starter.pid}/children").read_text().split()
+    finally:
+        starter.kill()
+        starter.wait()
+    # The shape's next tick sees its parent gone and ends the run, long before its 120 s.
+    deadline = time.monotonic() + 30
+    try:
+        while _state(locust) != "Z":
+            assert time.monotonic() < deadline, "Locust outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if _state(locust) != "Z":
+            os.kill(int(locust), signal.SIGKILL)
+
+
+def _admitted(server) -> int:
+    with urllib.request.urlopen(f"{server.url}/debug/requests", timeout=5) as answer:
+        return json.load(answer)["count"]
+
+
+def _state(pid: str) -> str:
+    """The process's state letter; Z (a zombie) also when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_the_harness_does_not_bring_locust_into_its_caller():

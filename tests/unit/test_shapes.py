@@ -1,8 +1,9 @@
 """Load schedules as pure functions of run time (loadtests/shapes.py), without Locust.
 
 Covered: ramp values along and after the ramp, the ramp never running ahead of its line, step
-timing at both edges, Constant, the hard end of a run (tick_at), the environment round trip that
-carries a schedule into the Locust process, and parameter validation. The Locust side (the thin
+timing at both edges, Constant, Phases (steps, ramps up and down, the end), the hard end of a
+run (tick_at), the environment round trip that carries a schedule into the Locust process, and
+parameter validation. The Locust side (the thin
 LoadTestShape and real traffic) is in tests/integration/test_loadtests.py.
 """
 
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtests import shapes
-from loadtests.shapes import Constant, RampFromZero, Step, Tick
+from loadtests.shapes import Constant, Phase, Phases, RampFromZero, Step, Tick
 
 
 @pytest.mark.parametrize(("run_time", "users"), [
@@ -69,9 +70,42 @@ def test_every_run_ends_at_its_run_seconds(schedule, run_time, expected):
     assert shapes.tick_at(schedule, run_time, run_seconds=10.0) == expected
 
 
+PHASES = Phases((Phase(5, 0), Phase(10, 20), Phase(10, 4, ramp_seconds=8), Phase(4, 10, 4)))
+
+
+@pytest.mark.parametrize(("run_time", "expected", "users"), [
+    pytest.param(0.0, Tick(0, 1.0), 0.0, id="idle"),
+    pytest.param(5.0, Tick(20, 20.0), 20.0, id="step-up-at-once"),
+    pytest.param(14.99, Tick(20, 20.0), 20.0, id="holding"),
+    pytest.param(15.0, Tick(20, 2.0), 20.0, id="ramp-down-starts-at-the-old-count"),
+    pytest.param(19.0, Tick(12, 2.0), 12.0, id="ramp-down-halfway"),
+    pytest.param(19.5, Tick(11, 2.0), 11.0, id="ramp-down-on-its-line"),
+    pytest.param(19.75, Tick(11, 2.0), 10.5, id="ramp-down-never-below-its-line"),
+    pytest.param(23.0, Tick(4, 16.0), 4.0, id="ramp-done-holds"),
+    pytest.param(26.0, Tick(5, 1.5), 5.5, id="ramp-up-from-the-previous-count"),
+    pytest.param(26.5, Tick(6, 1.5), 6.25, id="ramp-up-never-above-its-line"),
+    pytest.param(29.0, None, None, id="the-end"),
+])
+def test_phases_step_and_ramp_between_counts_then_end(run_time, expected, users):
+    assert PHASES.tick(run_time) == expected
+    assert PHASES.users_at(run_time) == users
+    assert PHASES.seconds == 29
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    pytest.param(lambda: Phases(()), "at least one phase", id="no-phase"),
+    pytest.param(lambda: Phase(0, 3), "seconds must be positive", id="empty-phase"),
+    pytest.param(lambda: Phase(5, -1), "users must not be negative", id="negative-users"),
+    pytest.param(lambda: Phase(5, 3, ramp_seconds=6), "ramp_seconds", id="ramp-past-its-phase"),
+])
+def test_phases_that_describe_no_load_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
 @pytest.mark.parametrize("schedule", [
     RampFromZero(users=10, ramp_seconds=2.5), Step(idle_seconds=0, users=1, hold_seconds=7.5),
-    Constant(users=12),
+    Constant(users=12), PHASES,
 ], ids=lambda schedule: type(schedule).__name__)
 def test_a_schedule_survives_the_trip_through_the_environment(schedule):
     assert shapes.from_env(schedule.to_env()) == schedule
