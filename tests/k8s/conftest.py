@@ -221,6 +221,20 @@ def kubelet(
     assert not problems, f"the process kubelet reported: {problems}"
 
 
+@pytest.fixture
+def cluster(k8s_cluster: Cluster, k8s_namespace) -> Iterator[sluice.Cluster]:
+    with k8s_cluster.api_client() as api:
+        yield sluice.Cluster(api, k8s_namespace)
+
+
+@pytest.fixture
+def controller(k8s_cluster, k8s_namespace, installed_crds, kserve_crd,
+               tmp_path) -> Iterator[sluice.ControllerProcess]:
+    started = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick", "0.5")
+    yield started
+    started.close()
+
+
 @pytest.fixture(scope="session")
 def installed_crds(k8s_cluster: Cluster) -> Iterator[list[dict]]:
     """sluice's committed CRDs, Established, for the whole session; deleted at its end."""

@@ -14,6 +14,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from policies import resources
+from tests.k8s import kserve
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "manifests" / "crds"
 RBAC_DIR = ROOT / "manifests" / "rbac"
@@ -213,3 +216,72 @@ def router_deployment(service: str, table_file: Path, token: str = ROUTER_TOKEN,
                                        {"name": "admin", "containerPort": 8081}],
                              "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8081},
                                                 "periodSeconds": 1}}]}}}}
+
+
+# -- the test's namespace as a user sees it ---------------------------------------------------
+
+class Cluster:
+    """The test's namespace as a user sees it: objects in, status and Events out."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create_isvc(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            kserve.GROUP, kserve.VERSION, self.namespace, kserve.PLURAL, document)
+
+    def create_policy(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace,
+            resources.SCALING_POLICY.plural, document)
+
+    def policy(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace,
+            resources.SCALING_POLICY.plural, name)
+
+    def policy_status(self, name: str) -> dict[str, Any]:
+        return self.policy(name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return next((c for c in self.policy_status(name).get("conditions", [])
+                     if c["type"] == type_), {})
+
+    def pods(self, selector: str) -> list[client.V1Pod]:
+        return self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        """events.k8s.io Events with ``reason``, as JSON (the client's models refuse the ones
+        other components write without an eventTime)."""
+        response = client.EventsV1Api(self.api).list_namespaced_event(
+            self.namespace, _preload_content=False)
+        try:
+            listed = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return [e for e in listed["items"] if e.get("reason") == reason]
+
+    def create_rollout(self, document: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace, resources.ROLLOUT.plural,
+            document)
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace, resources.ROLLOUT.plural, name)
+
+    def annotate_rollout(self, name: str, command: str) -> None:
+        """What ``kubectl annotate rollout.sluice.dev/NAME sluice.dev/command=...`` does."""
+        self.custom.patch_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace, resources.ROLLOUT.plural, name,
+            {"metadata": {"annotations": {"sluice.dev/command": command}}})
+
+    def replicas(self, deployment: str) -> int:
+        scale = self.apps.read_namespaced_deployment_scale(deployment, self.namespace)
+        return scale.spec.replicas or 0  # the client reads an omitted 0 as None
+
+

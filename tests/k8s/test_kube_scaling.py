@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import pytest
 import yaml
 from kubernetes import client
 
-from policies import resources
 from tests.k8s import kserve, sluice, waiting
 from tests.k8s.pods import get_json, is_ready
 
@@ -32,71 +29,7 @@ PAYLOAD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
                        "data": [0.1, 0.2, 0.3, 0.4]}]}
 
 
-class Cluster:
-    """The test's namespace as a user sees it: objects in, status and Events out."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-
-    def create_isvc(self, document: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(
-            kserve.GROUP, kserve.VERSION, self.namespace, kserve.PLURAL, document)
-
-    def create_policy(self, document: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, self.namespace,
-            resources.SCALING_POLICY.plural, document)
-
-    def policy(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, self.namespace,
-            resources.SCALING_POLICY.plural, name)
-
-    def policy_status(self, name: str) -> dict[str, Any]:
-        return self.policy(name).get("status") or {}
-
-    def condition(self, name: str, type_: str) -> dict[str, Any]:
-        return next((c for c in self.policy_status(name).get("conditions", [])
-                     if c["type"] == type_), {})
-
-    def pods(self, selector: str) -> list[client.V1Pod]:
-        return self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-
-    def events(self, reason: str) -> list[dict[str, Any]]:
-        """events.k8s.io Events with ``reason``, as JSON (the client's models refuse the ones
-        other components write without an eventTime)."""
-        response = client.EventsV1Api(self.api).list_namespaced_event(
-            self.namespace, _preload_content=False)
-        try:
-            listed = json.loads(response.data)
-        finally:
-            response.release_conn()
-        return [e for e in listed["items"] if e.get("reason") == reason]
-
-    def replicas(self, deployment: str) -> int:
-        scale = self.apps.read_namespaced_deployment_scale(deployment, self.namespace)
-        return scale.spec.replicas or 0  # the client reads an omitted 0 as None
-
-
-@pytest.fixture
-def cluster(k8s_cluster, k8s_namespace) -> Iterator[Cluster]:
-    with k8s_cluster.api_client() as api:
-        yield Cluster(api, k8s_namespace)
-
-
-@pytest.fixture
-def controller(k8s_cluster, k8s_namespace, installed_crds, kserve_crd,
-               tmp_path) -> Iterator[sluice.ControllerProcess]:
-    started = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick", "0.5")
-    yield started
-    started.close()
-
-
-def serve_isvc(cluster: Cluster, tmp_path: Path, *, revision: str = "v1", gpus: int = 0,
+def serve_isvc(cluster: sluice.Cluster, tmp_path: Path, *, revision: str = "v1", gpus: int = 0,
                command: list[str] | None = None, **policy: Any) -> tuple[str, str]:
     """An InferenceService at zero replicas, its router and its ScalingPolicy; returns the
     router's URL and the predictor pods' label selector."""
