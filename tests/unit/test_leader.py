@@ -9,7 +9,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from kubernetes_asyncio import client as k8s
@@ -151,24 +151,23 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def candidates(leases: FakeLeases,
-                     clock: Clock) -> AsyncIterator[Callable[..., asyncio.Future[Candidate]]]:
+                     clock: Clock) -> AsyncIterator[Callable[..., Awaitable[Candidate]]]:
     """``await start("a")``: an elector running against ``leases``, settled in its first
     sleep. Jitter is fixed: the random fraction is 0.5 (a wait of 2 * 1.6 = 3.2 s)."""
     started: list[Candidate] = []
 
-    async def start(identity: str, **settings: object) -> Candidate:
+    async def start(identity: str) -> Candidate:
         sleeper = Sleeper(clock)
         elector = leader.Elector(
-            leases, leader.LeaderSettings(namespace=NAMESPACE, identity=identity,
-                                          **settings),  # type: ignore[arg-type]
-            clock=clock, wall=lambda: datetime.datetime.fromtimestamp(clock.now, datetime.UTC),
+            leases, leader.LeaderSettings(namespace=NAMESPACE, identity=identity), clock=clock,
+            wall=lambda: datetime.datetime.fromtimestamp(clock.now, datetime.UTC),
             random=lambda: 0.5, sleep=sleeper)
         candidate = Candidate(elector, sleeper, elector.start())
         started.append(candidate)
         await sleeper.settled(candidate.task)
         return candidate
 
-    yield start  # type: ignore[misc]
+    yield start
     for candidate in started:
         candidate.task.cancel()
         await asyncio.gather(candidate.task, return_exceptions=True)
