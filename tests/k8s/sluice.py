@@ -84,12 +84,14 @@ ROUTER_TOKEN = "router-admin-token-for-tests"
 
 
 def rbac_documents(namespace: str) -> list[dict[str, Any]]:
-    """manifests/rbac's ServiceAccount, ClusterRole and binding, the account in ``namespace``
-    and the cluster-scoped names made unique to it (tests run one controller each)."""
+    """manifests/rbac's ServiceAccount, ClusterRole, leader-election Role and bindings, the
+    account in ``namespace`` and the cluster-scoped names made unique to it (tests run one
+    controller each)."""
     import yaml
 
     documents = [document for path in (RBAC_DIR / "serviceaccount.yaml",
-                                       RBAC_DIR / "clusterrole.yaml")
+                                       RBAC_DIR / "clusterrole.yaml",
+                                       RBAC_DIR / "leader-election.yaml")
                  for document in yaml.safe_load_all(path.read_text())]
     for document in documents:
         metadata = document["metadata"]
@@ -99,22 +101,20 @@ def rbac_documents(namespace: str) -> list[dict[str, Any]]:
             metadata["name"] = f"{metadata['name']}-{namespace}"
         for subject in document.get("subjects", []):
             subject["namespace"] = namespace
-        if "roleRef" in document:
+        if document.get("roleRef", {}).get("kind") == "ClusterRole":
             document["roleRef"]["name"] = f"{document['roleRef']['name']}-{namespace}"
     return documents
 
 
-class ControllerProcess:
-    """``sluice controller -n NAMESPACE`` as a subprocess, authenticated as the ServiceAccount
-    that manifests/rbac binds: whatever it does, those permissions allow."""
+class ControllerAccount:
+    """The controller's ServiceAccount in ``namespace``, bound by manifests/rbac, and a
+    kubeconfig with its token (context namespace ``namespace``): a process that uses it may do
+    exactly what the controller may. ``close()`` deletes the cluster-scoped parts."""
 
-    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str) -> None:
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path) -> None:
         from kubernetes import utils
 
-        from tests import procs
-
         self.cluster = cluster
-        self.namespace = namespace
         self.documents = rbac_documents(namespace)
         with cluster.api_client() as api:
             for document in self.documents:
@@ -131,6 +131,30 @@ class ControllerProcess:
             "contexts": [{"name": "sluice", "context": {"cluster": "test", "user": CONTROLLER,
                                                         "namespace": namespace}}],
         }))
+
+    def close(self) -> None:
+        with self.cluster.api_client() as api:
+            rbac = client.RbacAuthorizationV1Api(api)
+            for document in self.documents:
+                name = document["metadata"]["name"]
+                with contextlib.suppress(ApiException):
+                    if document["kind"] == "ClusterRole":
+                        rbac.delete_cluster_role(name)
+                    elif document["kind"] == "ClusterRoleBinding":
+                        rbac.delete_cluster_role_binding(name)
+
+
+class ControllerProcess:
+    """``sluice controller -n NAMESPACE`` as a subprocess, authenticated as the ServiceAccount
+    that manifests/rbac binds: whatever it does, those permissions allow."""
+
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str) -> None:
+        from tests import procs
+
+        self.cluster = cluster
+        self.namespace = namespace
+        self.account = ControllerAccount(cluster, namespace, work_dir)
+        self.kubeconfig = self.account.kubeconfig
         self.health_port = procs.free_port()
         self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
                      str(self.kubeconfig), "-n", namespace, "--health-listen",
@@ -149,15 +173,7 @@ class ControllerProcess:
 
     def close(self) -> None:
         self.stop()
-        with self.cluster.api_client() as api:
-            rbac = client.RbacAuthorizationV1Api(api)
-            for document in self.documents:
-                name = document["metadata"]["name"]
-                with contextlib.suppress(ApiException):
-                    if document["kind"] == "ClusterRole":
-                        rbac.delete_cluster_role(name)
-                    elif document["kind"] == "ClusterRoleBinding":
-                        rbac.delete_cluster_role_binding(name)
+        self.account.close()
 
 
 def _can_watch_policies(api: client.ApiClient, namespace: str) -> bool:

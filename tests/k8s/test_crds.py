@@ -10,7 +10,8 @@ Covered:
 - status and spec are written separately (status subresource), and `kubectl get` columns show
   the spec and the status of each kind;
 - the controller's ServiceAccount, bound by manifests/rbac (cluster-wide or namespaced), may do
-  what the controller needs and nothing else.
+  what the controller needs and nothing else; its leader-election Lease only in its own
+  namespace and by name.
 
 Not covered: upgrades between CRD versions (there is one version), the controller itself.
 """
@@ -395,6 +396,12 @@ NEEDED: list[Permission] = [
     ("get", "apps", "deployments", ""),
     ("watch", "serving.kserve.io", "inferenceservices", ""),
 ]
+LEADER_ELECTION: list[Permission] = [
+    ("create", "coordination.k8s.io", "leases", ""),
+    ("get", "coordination.k8s.io", "leases", "", "sluice-controller"),
+    ("update", "coordination.k8s.io", "leases", "", "sluice-controller"),
+]
+"""The controller's Lease, in its own namespace only (manifests/rbac/leader-election.yaml)."""
 ROUTER_TOKEN = ("get", "", "secrets", "", "sluice-router-admin")
 """The routers' admin token: the one Secret the controller may read."""
 READ_NODES: Permission = ("list", "", "nodes", "")
@@ -413,6 +420,12 @@ FORBIDDEN: list[Permission] = [
     ("list", "", "secrets", ""),
     ("delete", "", "events", ""),
     ("patch", "", "nodes", ""),
+    ("get", "coordination.k8s.io", "leases", "", "kube-scheduler"),
+    ("update", "coordination.k8s.io", "leases", "", "kube-controller-manager"),
+    ("patch", "coordination.k8s.io", "leases", "", "sluice-controller"),
+    ("delete", "coordination.k8s.io", "leases", "", "sluice-controller"),
+    ("list", "coordination.k8s.io", "leases", ""),
+    ("watch", "coordination.k8s.io", "leases", ""),
 ]
 
 
@@ -445,7 +458,8 @@ def test_cluster_role_grants_what_the_controller_needs_and_nothing_else(
     k8s_cluster, installed_crds, k8s_namespace
 ):
     documents = _rbac_documents(
-        [RBAC_DIR / "serviceaccount.yaml", RBAC_DIR / "clusterrole.yaml"], k8s_namespace
+        [RBAC_DIR / "serviceaccount.yaml", RBAC_DIR / "clusterrole.yaml",
+         RBAC_DIR / "leader-election.yaml"], k8s_namespace
     )
     with k8s_cluster.api_client() as api, _applied(api, documents):
         _wait_for_rbac(api, k8s_namespace)
@@ -454,6 +468,9 @@ def test_cluster_role_grants_what_the_controller_needs_and_nothing_else(
                 assert _allowed(api, k8s_namespace, permission, namespace), permission
             for permission in FORBIDDEN:
                 assert not _allowed(api, k8s_namespace, permission, namespace), permission
+        for permission in LEADER_ELECTION:
+            assert _allowed(api, k8s_namespace, permission, k8s_namespace), permission
+            assert not _allowed(api, k8s_namespace, permission, "default"), permission
         assert _allowed(api, k8s_namespace, READ_NODES, "")
 
         # And for real, with the ServiceAccount's own token.
@@ -477,12 +494,13 @@ def test_namespaced_role_grants_nothing_outside_its_namespace(
     k8s_cluster, installed_crds, k8s_namespace
 ):
     documents = _rbac_documents(
-        [RBAC_DIR / "serviceaccount.yaml", *sorted((RBAC_DIR / "namespaced").glob("*.yaml"))],
+        [RBAC_DIR / "serviceaccount.yaml", *sorted((RBAC_DIR / "namespaced").glob("*.yaml")),
+         RBAC_DIR / "leader-election.yaml"],
         k8s_namespace,
     )
     with k8s_cluster.api_client() as api, _applied(api, documents):
         _wait_for_rbac(api, k8s_namespace)
-        for permission in [*NEEDED, ROUTER_TOKEN]:
+        for permission in [*NEEDED, ROUTER_TOKEN, *LEADER_ELECTION]:
             assert _allowed(api, k8s_namespace, permission, k8s_namespace), permission
             assert not _allowed(api, k8s_namespace, permission, "default"), permission
         for permission in FORBIDDEN:
