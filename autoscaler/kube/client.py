@@ -337,8 +337,9 @@ class Client:
     async def patch(self, kind: Kind, namespace: str, name: str,
                     body: Mapping[str, Any]) -> Any:
         """Merge-patches an object (for sluice's own resources: their metadata, e.g. the
-        annotation a rollout command leaves; the spec is the user's)."""
-        data = await self._call("PATCH", kind.path(namespace, name), body=_to_json(body),
+        annotation a rollout command leaves; the spec is the user's). A None value deletes
+        its key, as merge patches do."""
+        data = await self._call("PATCH", kind.path(namespace, name), body=dict(body),
                                 content_type="application/merge-patch+json")
         return self._decode(kind, data)
 

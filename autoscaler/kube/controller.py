@@ -43,7 +43,7 @@ import pydantic
 from aiohttp import web
 
 from autoscaler.control import core, ports
-from autoscaler.kube import client, informer, inventory, pods, replicas, status
+from autoscaler.kube import client, informer, inventory, leader, pods, replicas, status
 from autoscaler.rollouts import driver
 from autoscaler.sources import prometheus, routers
 from policies import capacity, codec, decider, progression, resources, rollout, validation
@@ -191,7 +191,11 @@ class Controller:
 
     def __init__(self, api: client.KubeApi, session: aiohttp.ClientSession,
                  settings: ControllerSettings = ControllerSettings(),
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 elector: leader.Elector | None = None) -> None:
+        self.elector = elector
+        if elector is not None:  # every writer below writes through the fence
+            api = leader.FencedApi(api, elector)
         self.api = api
         self.session = session
         self.settings = settings
@@ -244,6 +248,9 @@ class Controller:
             logger.info("watching %s: %d ScalingPolicies, %d pods, %d nodes",
                         self.settings.namespace or "all namespaces", len(self.policies_informer),
                         len(self.pods_informer), len(self.nodes_informer))
+            if self.elector is not None:  # a standby keeps its caches warm, acts once elected
+                await self.elector.elected.wait()
+                logger.info("leading: %s", self.elector.term)
             self._tasks += [asyncio.create_task(self._reconcile_forever(), name="reconcile"),
                             asyncio.create_task(self._status_forever(), name="status")]
             await asyncio.gather(*self._tasks)
@@ -626,8 +633,10 @@ class Controller:
         control = self.namespaces.get(namespace)
         if control is None:
             client_ = routers.RouterClient([], self.session)
+            publisher: ports.RoutePublisher = client_ if self.elector is None else \
+                leader.FencedPublisher(client_, self.elector)
             store = StatusStore(self, namespace)
-            control_core = core.Core(capacity=Capacity(self, namespace), publisher=client_,
+            control_core = core.Core(capacity=Capacity(self, namespace), publisher=publisher,
                                      load=client_, store=store, tick_s=self.settings.tick_s)
             control = NamespaceControl(control_core, client_, store, driver.Rollouts(
                 control_core, client_, self.metrics, metrics_missing=(
@@ -815,6 +824,10 @@ def main(argv: list[str]) -> int:
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="manage every namespace (the default)")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between decisions")
+    parser.add_argument("--no-leader-elect", dest="leader_elect", action="store_false",
+                        help="act without a Lease (one replica only; default: elect a leader)")
+    parser.add_argument("--lease-namespace", help="where the leader election's Lease lives "
+                        "(default: the controller's own namespace)")
     parser.add_argument("--prometheus-url", help="Prometheus base URL for rollouts' custom "
                         "metrics, e.g. http://prometheus.monitoring:9090")
     parser.add_argument("--health-listen", default="0.0.0.0:8080",
@@ -829,10 +842,12 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s sluice-controller: %(message)s")
     import uvloop
     return uvloop.run(_run(client.ClientSettings(kubeconfig=args.kubeconfig,
-                                                 context=args.context), settings))
+                                                 context=args.context), settings,
+                           args.leader_elect, args.lease_namespace))
 
 
-async def _run(client_settings: client.ClientSettings, settings: ControllerSettings) -> int:
+async def _run(client_settings: client.ClientSettings, settings: ControllerSettings,
+               leader_elect: bool = True, lease_namespace: str | None = None) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -845,17 +860,29 @@ async def _run(client_settings: client.ClientSettings, settings: ControllerSetti
     async with contextlib.AsyncExitStack() as resources_:
         resources_.push_async_callback(api.close)
         session = await resources_.enter_async_context(aiohttp.ClientSession())
-        controller = Controller(api, session, settings)
+        elector = leader.Elector(api, leader.LeaderSettings(
+            namespace=lease_namespace or api.namespace)) if leader_elect else None
+        controller = Controller(api, session, settings, elector=elector)
         if settings.health_listen:
             health = await _serve_health(controller, settings.health_listen)
             resources_.push_async_callback(health.cleanup)
+        if elector is not None:
+            elector.start()
         running = asyncio.create_task(controller.run())
-        stop = asyncio.create_task(stopping.wait())
-        await asyncio.wait([running, stop], return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        running.cancel()
+        waits = [running, asyncio.create_task(stopping.wait())]
+        if elector is not None:
+            waits.append(asyncio.create_task(elector.lost.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        deposed = elector is not None and elector.lost.is_set() and not stopping.is_set()
+        for task in waits:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+        if elector is not None:  # every writer has stopped: release the Lease for the standby
+            await elector.stop()
+        if deposed:
+            logger.error("lost the leader election; exiting, to start again as a standby")
+            return 1
         if running.done() and not running.cancelled() and running.exception():
             logger.error("the controller stopped: %r", running.exception())
             return 1

@@ -492,6 +492,15 @@ class FencedApi:
 
     # writes
 
+    async def create(self, kind: client.Kind, namespace: str, body: Mapping[str, Any]) -> Any:
+        self._fence.check(f"create a {kind.kind} in {namespace}")
+        return await self._api.create(kind, namespace, body)
+
+    async def patch(self, kind: client.Kind, namespace: str, name: str,
+                    body: Mapping[str, Any]) -> Any:
+        self._fence.check(f"patch {kind.kind} {namespace}/{name}")
+        return await self._api.patch(kind, namespace, name, body)
+
     async def patch_scale(self, namespace: str, name: str, replicas: int) -> k8s.V1Scale:
         self._fence.check(f"scale Deployment {namespace}/{name} to {replicas}")
         return await self._api.patch_scale(namespace, name, replicas)
