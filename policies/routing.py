@@ -122,6 +122,11 @@ class RouteTable(_Model):
         return services
 
 
+NO_TABLE = RouteTable.model_construct(services={})
+"""What a router serves before its controller has published a table (``sluice router`` without
+``--config``, as on Kubernetes): nothing. It answers 503 and is not ready until a table comes."""
+
+
 def parse_endpoint(url: str) -> tuple[str, int]:
     """``http://host:port`` → (host, port); anything else is a ValueError naming the URL."""
     parts = urlsplit(url)

@@ -54,7 +54,7 @@ class LocalControl:
         return self.worker.subscribe(listener)
 
     def ready(self) -> bool:
-        return not self.worker.draining
+        return not self.worker.draining and self.worker.has_table
 
 
 class FanoutControl:
@@ -105,9 +105,9 @@ class FanoutControl:
         return lambda: self._listeners.remove(listener)
 
     def ready(self) -> bool:
-        """Serving: not stopping, and every worker's pokes reach this process's subscribers
-        (a poke fired before the relay subscribed would be lost)."""
-        return not self.stopping and all(self._relaying)
+        """Serving: not stopping, holding a table, and every worker's pokes reach this
+        process's subscribers (a poke fired before the relay subscribed would be lost)."""
+        return not self.stopping and all(self._relaying) and bool(self._document.services)
 
     async def _call(self, session: aiohttp.ClientSession, method: str, path: str,
                     body: Any = None) -> Any:

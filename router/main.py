@@ -36,7 +36,9 @@ from router.settings import RouterSettings
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sluice router", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "-c", required=True, type=Path, help="route table YAML")
+    parser.add_argument("--config", "-c", type=Path, help=(
+        "route table YAML; without it the router waits for a table on its admin API (PUT "
+        "/routes, as the controller does): until then it answers 503 and is not ready"))
     parser.add_argument("--listen", default="127.0.0.1:8080", help="data plane host:port")
     parser.add_argument("--admin-listen", default="127.0.0.1:8081", help="admin API host:port")
     parser.add_argument("--workers", type=int, default=1, help="data plane processes")
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sluice router: {error}", file=sys.stderr)
         return 2
     raise_fd_limit()
-    document = load_document(args.config)
+    document = load_document(args.config) if args.config else routing.NO_TABLE
     try:
         import uvloop
         run = uvloop.run

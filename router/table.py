@@ -102,6 +102,8 @@ class Table:
     def match(self, host: bytes | None, path: bytes) -> ServiceRoute:
         if self.only is not None:
             return self.only
+        if not self.services:
+            raise RouteError(503, "no route table yet: the controller has not published one")
         if host:
             route = self.services.get(host.split(b".", 1)[0].split(b":", 1)[0].decode("latin-1"))
             if route is not None:

@@ -43,6 +43,8 @@ class Worker:
         self._rid_prefix = f"{os.getpid():x}{self.rng.getrandbits(24):06x}-".encode()
         self._rid = itertools.count(1)
         self.table: table.Table
+        self.has_table = False
+        """Whether a table with a service has been applied: until then it is not ready."""
         self.apply(document)
 
     # request-path helpers
@@ -92,6 +94,7 @@ class Worker:
             return backend
 
         new_table = table.Table(document, backend_for)
+        self.has_table = bool(document.services)
         dropped = [b for key, b in self.backends.items() if key not in kept]
         self.backends = kept
         self.table = new_table

@@ -370,6 +370,10 @@ class Controller:
             return
         if (pod.metadata.labels or {}).get(ROUTER_NAME_LABEL) == ROUTER_NAME:
             self._routers_changed(key[0], control)
+            if change.type is not informer.ChangeType.DELETED and not pods.view(pod).kubelet_ready:
+                # A router is Ready only once it holds a table: one that runs and is not (new,
+                # or its process restarted and lost its table) is sent the table again.
+                control.core.republish()
         control.core.endpoints_changed()
 
     def _probed(self, pod: pods.PodView) -> None:

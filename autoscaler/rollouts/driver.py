@@ -489,7 +489,9 @@ class RolloutDriver:
             outcome, reason = str(observation.verdict.outcome), observation.verdict.reason
         else:
             outcome, reason = "missing", "; ".join(observation.problems)
-        if not self.verdicts or self.verdicts[-1]["outcome"] != outcome:
+        last = self.verdicts[-1] if self.verdicts else None
+        if last is None or last["outcome"] != outcome or (
+                outcome == "missing" and last["reason"] != reason):  # why data is missing
             logger.info("rollout %s: verdict %s at %d %% (%s)", self.service, outcome,
                         state.canary_weight, reason)
             self._event("Verdict", f"{outcome} at {state.canary_weight} %: {reason}",

@@ -50,21 +50,25 @@ def call(method: str, url: str, body=None, token: str | None = None,
 class Router:
     """A router process with a route document, reconfigurable through its admin API."""
 
-    def __init__(self, tmp_path: Path, document: dict, workers: int = 1,
+    def __init__(self, tmp_path: Path, document: dict | None, workers: int = 1,
                  settings: dict | None = None) -> None:
-        config = tmp_path / f"routes-{procs.free_port()}.yaml"
-        config.write_text(yaml.safe_dump(document))
+        """With no ``document`` it starts without a table, as on Kubernetes: not ready (it is
+        waited for as started, not as ready) until one is published."""
         self.port = procs.free_port()
         self.admin_port = procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
-        argv = [sys.executable, "-m", "router.main", "--config", str(config),
-                "--listen", f"127.0.0.1:{self.port}",
+        argv = [sys.executable, "-m", "router.main", "--listen", f"127.0.0.1:{self.port}",
                 "--admin-listen", f"127.0.0.1:{self.admin_port}", "--workers", str(workers)]
+        if document is not None:
+            config = tmp_path / f"routes-{procs.free_port()}.yaml"
+            config.write_text(yaml.safe_dump(document))
+            argv += ["--config", str(config)]
         for name, value in (settings or {}).items():
             argv += ["--set", f"{name}={value}"]
         # Ready means every worker listens and its pokes reach the admin API's /events.
         self.proc = procs.Proc.start(argv, ready_url=f"{self.admin}/readyz",
+                                     ready_status=200 if document is not None else None,
                                      env={"SLUICE_ADMIN_TOKEN": TOKEN}, cwd=str(ROOT))
 
     async def put_routes(self, document: dict, token: str = TOKEN) -> aiohttp.ClientResponse:

@@ -34,6 +34,28 @@ async def raw_stats(router) -> dict:
         return await response.json()
 
 
+# starting without a table (on Kubernetes the controller publishes the first one)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_without_a_table_it_is_not_ready_and_answers_503_until_one_is_published(
+        start_router, start_model_server, workers):
+    replica = start_model_server()
+    router = start_router(None, workers=workers)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(router.admin + "/readyz") as ready:
+            assert ready.status == 503
+        async with session.post(router.url + INFER, json=PAYLOAD) as early:
+            assert early.status == 503 and "Retry-After" in early.headers
+            assert "no route table yet" in (await early.json())["error"]
+        assert (await router.put_routes(service(revision("v1", 100, [replica.url])))).status \
+            == 200
+        async with session.get(router.admin + "/readyz") as ready:
+            assert ready.status == 200
+        async with session.post(router.url + INFER, json=PAYLOAD) as served:
+            assert served.status == 200
+
+
 # several workers
 
 

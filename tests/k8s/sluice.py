@@ -206,15 +206,15 @@ def router_secret(token: str = ROUTER_TOKEN) -> dict[str, Any]:
             "stringData": {"token": token}}
 
 
-def router_deployment(service: str, table_file: Path, token: str = ROUTER_TOKEN,
+def router_deployment(service: str, token: str = ROUTER_TOKEN,
                       replicas: int = 1) -> dict[str, Any]:
-    """The router beside an InferenceService, its pods run by the process kubelet; the initial
-    table (``table_file``) names the service's revisions with no endpoint."""
+    """The router beside an InferenceService, its pods run by the process kubelet. It starts
+    without a table and is not Ready until the controller has published one."""
     from tests.k8s import process_kubelet
 
     labels = {"app.kubernetes.io/name": "sluice-router", "sluice.dev/service": service}
-    command = ["{python}", "-m", "router.main", "--config", str(table_file),
-               "--listen", "{ip}:{port}", "--admin-listen", "{ip}:8081"]
+    command = ["{python}", "-m", "router.main", "--listen", "{ip}:{port}",
+               "--admin-listen", "{ip}:8081"]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": f"{service}-router", "labels": labels},

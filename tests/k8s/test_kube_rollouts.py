@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from loadtests import run, shapes
 from tests.k8s import kserve, sluice, waiting
@@ -67,12 +68,9 @@ def serve_two_revisions(cluster: sluice.Cluster, tmp_path: Path,
     cluster.apps.create_namespaced_deployment(cluster.namespace, canary_deployment(
         isvc, kserve.model_server_command(SERVICE, "--revision", "v2", "--latency", "0.01",
                                           *canary_args)))
-    table = tmp_path / "routes.yaml"
-    table.write_text(yaml.safe_dump({"services": {SERVICE: {"revisions": [
-        {"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]}}}))
     cluster.core.create_namespaced_secret(cluster.namespace, sluice.router_secret())
     cluster.apps.create_namespaced_deployment(cluster.namespace,
-                                              sluice.router_deployment(SERVICE, table))
+                                              sluice.router_deployment(SERVICE))
     scaling = {"metric": "rps", "target": 100, "maxReplicas": 4}
     cluster.create_policy(sluice.scaling_policy(
         "fraud-v1", SERVICE, "v1", {"apiVersion": "serving.kserve.io/v1beta1",
@@ -238,3 +236,32 @@ async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restar
 
 def _seconds(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_reset_is_not_judged(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    router = serve_two_revisions(cluster, tmp_path)
+    load = Load(router, tmp_path)
+    try:
+        await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
+                         "load on v1")
+        cluster.create_rollout(rollout_policy(steps=[
+            {"weight": 20, "minDurationSeconds": 200, "minRequests": 50}, {"weight": 100}]))
+        await eventually(lambda: router_stats(router)["v2"]["requests"]["total"] > 50,
+                         "the canary serving its share")
+        (pod,) = cluster.pods("app.kubernetes.io/name=sluice-router")
+        os.kill(kubelet.pids(cluster.namespace)[pod.metadata.name], signal.SIGKILL)
+        # The kubelet starts the process again in the same pod (same IP): the router comes
+        # back without a table, and is Ready again only once the controller republished it.
+        await eventually(lambda: any(
+            c.restart_count for c in cluster.pods("app.kubernetes.io/name=sluice-router")[0]
+            .status.container_statuses or []), "the router's process restarted")
+        await eventually(lambda: all(map(is_ready, cluster.pods(
+            "app.kubernetes.io/name=sluice-router"))), "the router Ready again")
+        assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 80, "v2": 20}
+        await eventually(lambda: any("restarted" in e["note"] for e in cluster.events("Verdict")),
+                         "the interval across the restart not judged")
+    finally:
+        await load.stop()
+    assert phase(cluster) == "Progressing", "the reset was not read as a verdict"

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from kubernetes import client
 
 from tests.k8s import kserve, sluice, waiting
@@ -36,12 +35,9 @@ def serve_isvc(cluster: sluice.Cluster, tmp_path: Path, *, revision: str = "v1",
     isvc = cluster.create_isvc(kserve.inference_service(SERVICE, gpus=gpus))
     cluster.apps.create_namespaced_deployment(cluster.namespace, kserve.predictor_deployment(
         isvc, replicas=0, gpus=gpus, command=command, restart_backoff_s=0.5))
-    table = tmp_path / "routes.yaml"
-    table.write_text(yaml.safe_dump({"services": {SERVICE: {"revisions": [
-        {"name": revision, "weight": 100}]}}}))
     cluster.core.create_namespaced_secret(cluster.namespace, sluice.router_secret())
     cluster.apps.create_namespaced_deployment(cluster.namespace,
-                                              sluice.router_deployment(SERVICE, table))
+                                              sluice.router_deployment(SERVICE))
     cluster.create_policy(sluice.scaling_policy(
         "fraud-v1", SERVICE, revision,
         {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
