@@ -564,6 +564,12 @@ class Controller:
                     policy.canary_revision,
                     f" at step {memory.state.step + 1}, {memory.state.canary_weight} %"
                     if memory is not None else "")
+        if memory is not None:
+            leading = f" by {self.elector.settings.identity}" if self.elector else ""
+            self.events.record(obj, "Resumed", f"resumed{leading} where it was: step "
+                               f"{memory.state.step + 1}/{len(policy.steps)}, "
+                               f"{policy.canary_revision} at {memory.state.canary_weight} %, "
+                               f"{memory.state.phase}", action="Rollout")
         await self._command(obj, control, service)
 
     async def _command(self, obj: dict[str, Any], control: NamespaceControl,

@@ -148,12 +148,15 @@ class ControllerProcess:
     """``sluice controller -n NAMESPACE`` as a subprocess, authenticated as the ServiceAccount
     that manifests/rbac binds: whatever it does, those permissions allow."""
 
-    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str) -> None:
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str,
+                 account: ControllerAccount | None = None) -> None:
+        """With ``account``, run as that (shared) account; else make one and own it."""
         from tests import procs
 
         self.cluster = cluster
         self.namespace = namespace
-        self.account = ControllerAccount(cluster, namespace, work_dir)
+        self.owns_account = account is None
+        self.account = account or ControllerAccount(cluster, namespace, work_dir)
         self.kubeconfig = self.account.kubeconfig
         self.health_port = procs.free_port()
         self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
@@ -173,7 +176,8 @@ class ControllerProcess:
 
     def close(self) -> None:
         self.stop()
-        self.account.close()
+        if self.owns_account:
+            self.account.close()
 
 
 def _can_watch_policies(api: client.ApiClient, namespace: str) -> bool:

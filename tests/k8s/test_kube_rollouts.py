@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from loadtests import run, shapes
 from tests.k8s import kserve, sluice, waiting
@@ -265,3 +266,59 @@ async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_res
     finally:
         await load.stop()
     assert phase(cluster) == "Progressing", "the reset was not read as a verdict"
+
+
+def lease_holder(cluster: sluice.Cluster) -> str | None:
+    lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease(
+        "sluice-controller", cluster.namespace)
+    return lease.spec.holder_identity
+
+
+async def test_leader_failover_mid_rollout_finishes_from_the_same_step_and_weights(
+        k8s_cluster, cluster, installed_crds, kserve_crd, kubelet, make_gpu_node, tmp_path):
+    """Two controllers; the leader is SIGKILLed at step 2; the standby takes the Lease once it
+    has expired and carries the rollout on from step 2 at 50 %."""
+    make_gpu_node(f"{cluster.namespace}-node")
+    account = sluice.ControllerAccount(k8s_cluster, cluster.namespace, tmp_path)
+    first = sluice.ControllerProcess(k8s_cluster, cluster.namespace, tmp_path, "--tick", "0.5",
+                                     account=account)
+    await eventually(lambda: lease_holder(cluster), "a leader")
+    second = sluice.ControllerProcess(k8s_cluster, cluster.namespace, tmp_path, "--tick", "0.5",
+                                      account=account)
+    leader = lease_holder(cluster)
+    try:
+        router = serve_two_revisions(cluster, tmp_path)
+        load = Load(router, tmp_path)
+        weights_seen = set()
+        try:
+            await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
+                             "load on v1")
+            cluster.create_rollout(rollout_policy(steps=[
+                {"weight": 20, "minDurationSeconds": 5, "minRequests": 50},
+                {"weight": 50, "minDurationSeconds": 40, "minRequests": 50},
+                {"weight": 100, "minDurationSeconds": 5, "minRequests": 50}]))
+            await eventually(lambda: (cluster.rollout("fraud-v2").get("status") or {}).get(
+                "weight") == 50, "step 2 at 50 %")
+            first.proc.signal(signal.SIGKILL)
+            killed_at = time.time()
+            await eventually(lambda: lease_holder(cluster) not in (None, leader),
+                             "the standby leading", timeout_s=40)
+
+            def promoted() -> bool:
+                weights_seen.add(router_stats(router)["v2"]["weight"])
+                return phase(cluster) == "Promoted"
+
+            await eventually(promoted, "promoted by the new leader")
+        finally:
+            summary = await load.stop()
+    finally:
+        first.close()
+        second.close()
+        account.close()
+    assert summary.failures == 0, summary.status_codes
+    assert weights_seen <= {50, 100}, "no weight jump across the failover"
+    later = [e["note"] for e in cluster.events("Step") + cluster.events("Promoted")
+             if _seconds(e["eventTime"]) > killed_at]
+    assert later and not any("step 1/3" in note for note in later), later
+    (resumed,) = cluster.events("Resumed")
+    assert "step 2/3, v2 at 50 %" in resumed["note"] and lease_holder(cluster) in resumed["note"]
