@@ -25,6 +25,10 @@ SUBCOMMANDS = {
 }
 
 
+CLUSTER_FLAGS = ("--kubeconfig", "--context", "-n", "--namespace")
+"""Given to ``sluice rollout``, these mean a cluster's Rollouts, not a local controller."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<{width}}  {help_}")
         return 0 if argv else 2
     target, _ = SUBCOMMANDS[argv[0]]
+    if argv[0] == "rollout" and any(a.split("=")[0] in CLUSTER_FLAGS for a in argv[1:]):
+        target = "autoscaler.kube.rollout_cli:main"
     module, _, function = target.partition(":")
     entry = getattr(importlib.import_module(module), function or "main")
     return int(entry(argv[1:]) or 0)

@@ -76,6 +76,11 @@ class _ResourceModel(BaseModel):
     )
 
 
+COMMAND_ANNOTATION = "sluice.dev/command"
+"""On a Rollout: promote, abort, pause, resume or restore. The controller applies it and takes
+the annotation off (``kubectl annotate rollout.sluice.dev/NAME sluice.dev/command=promote``, or
+``sluice rollout -n NS promote SERVICE``)."""
+
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 EXTERNAL_AUTOSCALER = "external"

@@ -58,10 +58,7 @@ ADMIN_PORT_NAME = "admin"
 DEFAULT_ADMIN_PORT = 8081
 ROUTER_TOKEN_SECRET = "sluice-router-admin"
 ROUTER_TOKEN_KEY = "token"
-COMMAND_ANNOTATION = "sluice.dev/command"
-"""On a Rollout: promote, abort, pause, resume or restore. The controller applies it and
-removes the annotation (``kubectl annotate rollout.sluice.dev/NAME sluice.dev/command=promote``);
-``sluice rollout … --kubeconfig`` sets it for you."""
+COMMAND_ANNOTATION = resources.COMMAND_ANNOTATION
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ import asyncio
 import datetime
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from loadtests import run, shapes
@@ -176,21 +179,40 @@ async def test_rollout_rolls_back_a_canary_with_5_percent_errors_in_its_first_st
     assert summary.failures <= bound, (summary.failures, bound, detection_s)
 
 
-async def test_rollout_commands_on_the_resource_pause_resume_and_abort(
-        cluster, controller, kubelet, make_gpu_node, tmp_path):
+async def test_rollout_commands_on_the_resource_and_through_sluice_rollout(
+        k8s_cluster, cluster, controller, kubelet, make_gpu_node, tmp_path):
+    """kubectl's way (the annotation) and ``sluice rollout -n NS``, which sets it."""
     make_gpu_node(f"{cluster.namespace}-node")
     router = serve_two_revisions(cluster, tmp_path)
-    cluster.create_rollout(rollout_policy(steps=[
-        {"weight": 20, "minDurationSeconds": 200, "minRequests": 50}, {"weight": 100}]))
+
+    def sluice_rollout(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "autoscaler.cli", "rollout", "--kubeconfig",
+             str(k8s_cluster.kubeconfig), "-n", cluster.namespace, *args],
+            capture_output=True, text=True, cwd=sluice.ROOT, timeout=60)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(rollout_policy(canaryRevision="v1")))
+    refused = sluice_rollout("start", "-f", str(bad))
+    assert refused.returncode == 2 and "canaryRevision" in refused.stderr
+    good = tmp_path / "rollout.yaml"
+    good.write_text(yaml.safe_dump(rollout_policy(steps=[
+        {"weight": 20, "minDurationSeconds": 200, "minRequests": 50}, {"weight": 100}])))
+    assert sluice_rollout("start", "-f", str(good)).returncode == 0
     await eventually(lambda: phase(cluster) == "Progressing", "progressing")
-    cluster.annotate_rollout("fraud-v2", "pause")
+
+    cluster.annotate_rollout("fraud-v2", "pause")  # kubectl annotate
     await eventually(lambda: phase(cluster) == "Paused", "paused by the annotation")
     await eventually(lambda: "sluice.dev/command" not in (
         cluster.rollout("fraud-v2")["metadata"].get("annotations") or {}),
         "the command taken off once applied")
-    cluster.annotate_rollout("fraud-v2", "resume")
-    await eventually(lambda: phase(cluster) == "Progressing", "resumed")
-    cluster.annotate_rollout("fraud-v2", "abort")
+    resumed = sluice_rollout("resume", SERVICE)  # waits until the controller applied it
+    assert resumed.returncode == 0, resumed.stderr
+    assert phase(cluster) == "Progressing"
+    shown = sluice_rollout("status", SERVICE)
+    assert shown.returncode == 0 and "Progressing" in shown.stdout and "20 %" in shown.stdout
+    aborted = sluice_rollout("abort", SERVICE)
+    assert aborted.returncode == 0, aborted.stderr
     await eventually(lambda: phase(cluster) == "RolledBack", "aborted")
     back = next(c for c in cluster.rollout("fraud-v2")["status"]["conditions"]
                 if c["type"] == "RolledBack")
