@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from kubernetes import client
 
+from loadtests import run, shapes
 from tests.k8s import kserve, sluice, waiting
 from tests.k8s.pods import get_json, is_ready
 
@@ -188,3 +190,38 @@ async def test_apiserver_down_for_30_s_scales_nothing_down_and_routers_keep_serv
 
 def running(pod: client.V1Pod) -> bool:
     return pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
+
+
+async def test_a_locust_step_ends_at_the_count_the_local_stack_reaches_for_the_same_policy(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    """The local stack's step test (tests/integration/test_autoscaling_load.py), same policy
+    and load: idle → 40 requests/s on an rps policy with target 10 per replica, so
+    ceil(40 / 10) = 4 replicas, ±1 as there. Judged on the controller's own record: every
+    status it wrote over the hold's last 10 s, not one sample."""
+    make_gpu_node(f"{cluster.namespace}-node")
+    router, _ = serve_isvc(cluster, tmp_path, metric="rps", target=10, maxReplicas=10,
+                           stableWindowSeconds=10, command=kserve.model_server_command(
+                               SERVICE, "--latency", "0.02"))
+    seen: list[tuple[float, int, int]] = []
+    stop = asyncio.Event()
+
+    async def record() -> None:
+        while not stop.is_set():
+            status = cluster.policy_status("fraud-v1")
+            seen.append((time.monotonic(), status.get("desired", 0), status.get("ready", 0)))
+            await asyncio.sleep(0.5)
+
+    recorder = asyncio.create_task(record())
+    began = time.monotonic()
+    try:
+        summary = await asyncio.to_thread(
+            run.run_locust, router, shapes.Step(idle_seconds=2, users=20, hold_seconds=38), 40,
+            env={"SLUICE_USER_RPS": "2", "SLUICE_MODEL": SERVICE})
+    finally:
+        stop.set()
+        await recorder
+    assert summary.failures == 0, summary.status_codes
+    assert seen[0][2] == 0, "it started from zero"
+    last = [(desired, ready) for at, desired, ready in seen if began + 30 < at < began + 39]
+    assert last and all(3 <= desired <= 5 for desired, _ in last), seen
+    assert any(3 <= ready <= 5 for _, ready in last), last
