@@ -799,12 +799,12 @@ def _admin_port(pod: Any) -> int:
     return DEFAULT_ADMIN_PORT
 
 
-async def _serve_health(controller: Controller, listen: str) -> web.AppRunner:
+async def _serve_health(synced: Callable[[], bool], listen: str) -> web.AppRunner:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = controller.synced()
+        ready = synced()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     app = web.Application()
@@ -867,30 +867,37 @@ async def _run(client_settings: client.ClientSettings, settings: ControllerSetti
     async with contextlib.AsyncExitStack() as resources_:
         resources_.push_async_callback(api.close)
         session = await resources_.enter_async_context(aiohttp.ClientSession())
-        elector = leader.Elector(api, leader.LeaderSettings(
-            namespace=lease_namespace or api.namespace)) if leader_elect else None
-        controller = Controller(api, session, settings, elector=elector)
+        current: list[Controller] = []
         if settings.health_listen:
-            health = await _serve_health(controller, settings.health_listen)
+            health = await _serve_health(lambda: bool(current) and current[-1].synced(),
+                                         settings.health_listen)
             resources_.push_async_callback(health.cleanup)
-        if elector is not None:
-            elector.start()
-        running = asyncio.create_task(controller.run())
-        waits = [running, asyncio.create_task(stopping.wait())]
-        if elector is not None:
-            waits.append(asyncio.create_task(elector.lost.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        deposed = elector is not None and elector.lost.is_set() and not stopping.is_set()
-        for task in waits:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        if elector is not None:  # every writer has stopped: release the Lease for the standby
-            await elector.stop()
-        if deposed:
-            logger.error("lost the leader election; exiting, to start again as a standby")
-            return 1
-        if running.done() and not running.cancelled() and running.exception():
-            logger.error("the controller stopped: %r", running.exception())
-            return 1
-    return 0
+        while True:  # one term per turn: a leader that loses its Lease starts again as standby
+            elector = leader.Elector(api, leader.LeaderSettings(
+                namespace=lease_namespace or api.namespace)) if leader_elect else None
+            controller = Controller(api, session, settings, elector=elector)
+            current[:] = [controller]
+            if elector is not None:
+                elector.start()
+            running = asyncio.create_task(controller.run())
+            waits = [running, asyncio.create_task(stopping.wait())]
+            if elector is not None:
+                waits.append(asyncio.create_task(elector.lost.wait()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            deposed = elector is not None and elector.lost.is_set() and not stopping.is_set()
+            for task in waits:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            if elector is not None:  # every writer has stopped: release the Lease
+                await elector.stop()
+            if deposed:
+                # Every writer of this term is stopped (and fenced before that); what it knew
+                # is in the resources' status, so a fresh standby picks up from there.
+                logger.warning("no longer leading (%s); starting again as a standby",
+                               elector.term if elector else "")
+                continue
+            if running.done() and not running.cancelled() and running.exception():
+                logger.error("the controller stopped: %r", running.exception())
+                return 1
+            return 0

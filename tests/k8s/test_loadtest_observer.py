@@ -35,28 +35,9 @@ PLURAL = resources.SCALING_POLICY.plural
 AT = (resources.GROUP, resources.VERSION)
 
 
-@pytest.fixture(scope="module")
-def crds(k8s_cluster) -> Iterator[None]:
-    """The committed CRDs, Established; deleted again (test_crds.py installs its own)."""
-    documents = [yaml.safe_load(p.read_text()) for p in sorted(
-        (ROOT / "manifests" / "crds").glob("*.yaml"))]
-    with k8s_cluster.api_client() as api:
-        extensions = client.ApiextensionsV1Api(api)
-        for document in documents:
-            extensions.create_custom_resource_definition(document)
-        try:
-            for document in documents:
-                _until(lambda name=document["metadata"]["name"]: any(
-                    c.type == "Established" and c.status == "True" for c in
-                    extensions.read_custom_resource_definition(name).status.conditions or []))
-            yield
-        finally:
-            for document in documents:
-                extensions.delete_custom_resource_definition(document["metadata"]["name"])
-            for document in documents:
-                _until(lambda name=document["metadata"]["name"]: not any(
-                    c.metadata.name == name
-                    for c in extensions.list_custom_resource_definition().items))
+@pytest.fixture
+def crds(installed_crds) -> None:
+    """sluice's CRDs, installed once for the session (conftest.py)."""
 
 
 def _until(predicate, timeout_s: float = 30.0) -> None:
