@@ -114,7 +114,7 @@ class Controller:
         pool = revision.replicas
         inputs = decider.ScalingInputs(
             now=self.clock(), value=value, buffered=max(load.buffered, buffered),
-            in_flight=load.inflight, ready=pool.count(replicas.State.READY),
+            in_flight=load.inflight, arrivals=load.rps, ready=pool.count(replicas.State.READY),
             starting=pool.count(replicas.State.STARTING),
             free_gpus=self.pool.free if pool.gpus_per_replica else None,
             cold_starts=pool.take_cold_starts())
