@@ -27,7 +27,10 @@ The model, one second per step:
 
 Before the trace the revision has served the trace's starting rate (the median of its first
 ``WARMUP_RATE_S`` seconds) for ``WARMUP_S`` with the replicas it needs, so no scaler starts from
-an empty history; only the trace is measured.
+an empty history; only the trace is measured. A trace marked ``from_zero`` instead has
+``WARMUP_S`` of no load before it and starts at zero replicas (a scaler whose policy starts a new
+revision at initialScale has scaled it back to zero by then); at zero replicas the first
+request's arrival decides at once, as the router's poke does (``poke``), not at the next tick.
 
 Measures:
 
@@ -102,6 +105,10 @@ class ReplicaModel:
     gpus_per_replica: int = 0
     gpu_inventory: int | None = None
     """GPUs the revision may use; None when not GPU-bound."""
+    service_s: float | None = None
+    """Seconds a request is in flight at a replica, for a policy on concurrency: the scalers
+    then see the requests served in a second times this (Little's law; the one-second steps
+    hold it for service times up to a second) instead of the arrival rate. None for rps."""
 
     @property
     def replica_limit(self) -> int | None:
@@ -204,8 +211,10 @@ class Fleet:
 
     def observe(self, now: float, rate: float, queue: float, served: float) -> (
             decider.ScalingInputs):
+        service_s = self.model.service_s
         inputs = decider.ScalingInputs(
-            now=now, value=rate, buffered=round(queue), in_flight=round(served),
+            now=now, value=rate if service_s is None else served * service_s,
+            buffered=round(queue), in_flight=round(served), arrivals=rate,
             ready=self.ready, starting=self.pending + len(self.starting),
             free_gpus=self.free_gpus, cold_starts=tuple(self.cold_starts))
         self.cold_starts = []
@@ -222,6 +231,11 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
     series = Series([], [], [], [], [])
     for second, arriving in enumerate(arrivals.tolist()):
         now = float(second - WARMUP_S)
+        if fleet.total == 0 and arriving > 0:
+            poked = poke(decide, fleet, now, arrived_since_tick / max(1, seconds_since_tick))
+            if now >= 0 and poked != desired:
+                events += 1
+            desired = poked
         fleet.advance(now)
         capacity = fleet.ready * model.capacity_rps
         waiting = queue
@@ -261,6 +275,19 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
     return Run(metrics, series)
 
 
+POKE_AFTER_S = 0.5
+"""Where the poke falls on the decider's clock, after the previous tick: a tick labelled t
+decides at the end of second t, so the first request of second t + 1 is half a second later."""
+
+
+def poke(decide: Decide, fleet: Fleet, now: float, rate: float) -> int:
+    """The router's poke, at zero replicas when a request arrives: a decision at once on the
+    rate since the last tick and one buffered request; its replicas start within this second."""
+    decided = decide(fleet.observe(now - 1 + POKE_AFTER_S, rate, 1.0, 0.0))
+    fleet.scale(decided)
+    return decided
+
+
 def _delays(arrivals: Rates, served: Rates, skip_s: int) -> tuple[float, float]:
     """Mean and p99 queueing delay of the requests served that arrived after ``skip_s``.
 
@@ -293,14 +320,14 @@ def kpa_policy(policy: scaling.ScalingPolicy) -> scaling.ScalingPolicy:
     utilization, bounds and GPU shape; every algorithm knob (windows, panic, rates, delays) at
     Knative's default."""
     keep = ("metric", "target", "target_utilization", "min_replicas", "max_replicas",
-            "gpus_per_replica", "gpu_resource")
+            "initial_scale", "gpus_per_replica", "gpu_resource")
     return scaling.ScalingPolicy(**{name: getattr(policy, name) for name in keep})
 
 
 def simulate(trace: traces.Trace, policy: scaling.ScalingPolicy, model: ReplicaModel,
              tick_s: int = 1) -> dict[str, Run]:
     """Run the four scalers on the trace; results by name: sluice, kpa, hpa, oracle."""
-    start = float(np.median(trace.rps[:WARMUP_RATE_S]))
+    start = 0.0 if trace.from_zero else float(np.median(trace.rps[:WARMUP_RATE_S]))
     arrivals = np.concatenate([np.full(WARMUP_S, start), trace.rps])
     plan = baselines.oracle_replicas(arrivals, model.capacity_rps, policy, model.replica_limit)
     kpa = kpa_policy(policy)
@@ -330,13 +357,24 @@ def _stateful(step: Callable[[decider.ScalingInputs, Any], tuple[decider.Scaling
 
 def replica_model(trace: traces.Trace, policy: scaling.ScalingPolicy,
                   capacity: float | None = None, cold_start_s: float | None = None,
-                  gpus: int | None = None) -> ReplicaModel:
-    """The trace's replica model, the policy's capacity and GPU shape, and any overrides."""
+                  gpus: int | None = None, service_s: float | None = None) -> ReplicaModel:
+    """The trace's replica model, the policy's capacity and GPU shape, and any overrides. On
+    concurrency a replica serves the in-flight requests it aims for over the service time per
+    second; UsageError when neither the trace nor the override gives a service time."""
+    per_replica = policy.target_per_replica * policy.target_utilization
+    service = None
+    if policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+        service = trace.service_s if service_s is None else service_s
+        if service is None:
+            raise UsageError("invalid policy for the simulator\nmetric: concurrency needs the "
+                             "requests' service time: --service-time SECONDS")
+        per_replica /= service
     return ReplicaModel(
-        capacity_rps=capacity or policy.target_per_replica * policy.target_utilization,
+        capacity_rps=capacity or per_replica,
         cold_start_s=trace.cold_start_s if cold_start_s is None else cold_start_s,
         gpus_per_replica=policy.gpus_per_replica,
         gpu_inventory=trace.gpu_inventory if gpus is None else gpus,
+        service_s=service,
     )
 
 
@@ -358,10 +396,10 @@ def load_policy_file(path: Path) -> scaling.ScalingPolicy:
     except pydantic.ValidationError as exc:
         raise UsageError(f"{path}: invalid policy\n{scaling.format_validation_error(exc)}") \
             from None
-    if policy.metric_kind is not scaling.MetricKind.RPS:
+    if policy.metric_kind is scaling.MetricKind.CUSTOM:
         raise UsageError(f"{path}: invalid policy for the simulator\nmetric: the simulator "
-                         f"replays request rates, so the policy must scale on 'rps', got "
-                         f"{policy.metric!r}")
+                         f"replays requests, so the policy must scale on 'rps' or "
+                         f"'concurrency', got {policy.metric!r}")
     return policy
 
 
@@ -382,7 +420,8 @@ def parser() -> argparse.ArgumentParser:
         prog="sluice simulate", description="Replay a request-rate trace against a scaling "
         "policy, next to Knative's KPA, an HPA and a perfect-foresight oracle.")
     parse.add_argument("--policy", type=Path, required=True,
-                       help="ScalingPolicy YAML (metric: rps), e.g. examples/policies/cpu.yaml")
+                       help="ScalingPolicy YAML (metric: rps, or concurrency with a service "
+                       "time), e.g. examples/policies/cpu.yaml")
     parse.add_argument("--trace", required=True, help=f"one of {', '.join(traces.BUNDLED)}, "
                        "or FILE.csv with columns t,rps")
     parse.add_argument("--plot", type=Path, help="draw load, ready capacity and replicas to PNG")
@@ -397,6 +436,11 @@ def parser() -> argparse.ArgumentParser:
                        help="GPU inventory (default: the trace's; none for CSV traces)")
     parse.add_argument("--seed", type=int, default=traces.DEFAULT_SEED,
                        help="seed of the bundled traces' noise")
+    parse.add_argument("--service-time", type=_service_time, help="seconds a request is in "
+                       "flight at a replica, up to 1 (needed for a concurrency policy; default: "
+                       "the trace's)")
+    parse.add_argument("--from-zero", action="store_true", help="the revision idles at zero "
+                       "replicas before the trace (default: the trace's; warm for CSV traces)")
     return parse
 
 
@@ -405,10 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = load_policy_file(args.policy)
         trace = load_trace(args.trace, args.seed)
+        if args.from_zero:
+            trace = dataclasses.replace(trace, from_zero=True)
+        model = replica_model(trace, policy, args.capacity, args.cold_start, args.gpus,
+                              args.service_time)
     except UsageError as exc:
         print(f"sluice simulate: {exc}", file=sys.stderr)
         return 2
-    model = replica_model(trace, policy, args.capacity, args.cold_start, args.gpus)
     runs = simulate(trace, policy, model, args.tick)
     if args.plot:
         try:
@@ -659,6 +706,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def _service_time(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and ≤ 1, got {text}")
     return value
 
 
