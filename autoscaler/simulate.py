@@ -196,6 +196,19 @@ class Fleet:
             self.ready += 1
             self.cold_starts.append(self.model.cold_start_s)
 
+    def ready_within(self, now: float) -> float:
+        """Replicas that become ready within the second from ``now``, each counted for the part
+        of it left: a measured cold start is no whole number of seconds."""
+        return sum(now + 1 - at for at in self.starting if at < now + 1)
+
+    def ready_before(self, end: float) -> None:
+        """Make ready the replicas due before ``end``: the ones that served part of the second
+        are ready when the scaler looks at its end."""
+        while self.starting and self.starting[0] < end:
+            self.starting.popleft()
+            self.ready += 1
+            self.cold_starts.append(self.model.cold_start_s)
+
     def scale(self, desired: int) -> None:
         if desired > self.total:
             self.pending += desired - self.total
@@ -237,7 +250,7 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
                 events += 1
             desired = poked
         fleet.advance(now)
-        capacity = fleet.ready * model.capacity_rps
+        capacity = (fleet.ready + fleet.ready_within(now)) * model.capacity_rps
         waiting = queue
         served = min(waiting + arriving, capacity)
         queue = waiting + arriving - served
@@ -250,6 +263,7 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
             series.desired.append(fleet.total)
             series.queue.append(queue)
             series.violated.append(waiting - capacity >= WHOLE_REQUEST)
+        fleet.ready_before(now + 1)
         if second % tick_s == 0:
             rate = arrived_since_tick / seconds_since_tick
             arrived_since_tick, seconds_since_tick = 0.0, 0
@@ -567,11 +581,18 @@ def benchmark_section(args: argparse.Namespace) -> str:
         "`target * targetUtilization` requests/s, so every scaler's aim is exactly a replica's "
         "capacity; replicas are Pending until GPUs are free, then start for the cold start. "
         "Each run starts warm: the trace's starting load (the median of its first "
-        f"{WARMUP_RATE_S} s) with the replicas it needs. Scalers: "
+        f"{WARMUP_RATE_S} s) with the replicas it needs; except the traces from zero (zero-*), "
+        f"which idle {WARMUP_S} s at zero replicas first (a new revision's initialScale replica "
+        "has been scaled back to zero by then), and in which the first request at zero starts a "
+        "replica within its second, as the router's poke does. zero-concurrency scales on "
+        "requests in flight: the scalers see the requests served in a second times their "
+        "service time (100 ms), and a replica serves the in-flight aim over it. Scalers: "
         "sluice (the policy, 1 s tick); Knative's KPA with its defaults and the policy's target "
-        "(2 s tick); an HPA (15 s sync, 10 % tolerance, 300 s scale-down stabilization, up by "
-        "max(4 pods, 100 %) per 15 s, never below 1); the oracle (perfect foresight, instant "
-        "start: exactly ceil(load / capacity) ready every second).", "",
+        "(2 s tick; on concurrency it counts the requests waiting, as Knative's activator "
+        "reports them); an HPA (15 s sync, 10 % tolerance, 300 s scale-down stabilization, up "
+        "by max(4 pods, 100 %) per 15 s, never below 1; on concurrency it counts the requests "
+        "waiting, as KEDA's HTTP add-on does); the oracle (perfect foresight, instant start: "
+        "exactly ceil(load / capacity) ready every second).", "",
         "Replica-seconds count ready and starting replicas. An SLO-violation second is one in "
         "which the requests already waiting exceed what the ready replicas serve in it (demand "
         "has outrun ready capacity and requests wait over a second); *queued s* counts every "

@@ -324,7 +324,8 @@ def decide(
     kept_s = policy.stable_window_s
     if features.scale_ahead and cold_start_s is not None:
         kept_s = max(kept_s, TREND_COLD_STARTS * cold_start_s)
-    sample = _sample(inputs, state.buffered, policy, features, service_s)
+    elapsed = inputs.now - state.history[-1].at if state.history else 0.0
+    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s)
     if (features.instant_backlog and policy.metric_kind is not scaling.MetricKind.CUSTOM
             and inputs.buffered > 0 and inputs.ready == 0 and state.history):
         # No replica serves yet, and a client waiting for an answer sends no other: a lull in
@@ -459,8 +460,9 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
     return learned
 
 
-def _sample(inputs: ScalingInputs, was_buffered: int, policy: scaling.ScalingPolicy,
-            features: Features, service_s: float | None) -> Sample:
+def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
+            policy: scaling.ScalingPolicy, features: Features,
+            service_s: float | None) -> Sample:
     if policy.metric_kind is not scaling.MetricKind.CONCURRENCY:
         # rps: the held requests were counted as arrivals already; under sluice the backlog
         # is drained on top of the load (_drain_want). custom: a signal's unit says nothing
@@ -471,10 +473,10 @@ def _sample(inputs: ScalingInputs, was_buffered: int, policy: scaling.ScalingPol
         return Sample(inputs.now, inputs.value, float(inputs.buffered))
     served = inputs.value
     drained = max(0, was_buffered - inputs.buffered)
-    if inputs.arrivals is not None and drained > 0:
+    if inputs.arrivals is not None and drained > 0 and elapsed > 0:
         # Requests that left the buffer were in flight on top of the arrivals: the load is the
         # arrivals' share of what was in flight (Little's law), the rest was the drain.
-        served *= inputs.arrivals / (inputs.arrivals + drained)
+        served *= inputs.arrivals / (inputs.arrivals + drained / elapsed)
     if inputs.buffered == 0:
         return Sample(inputs.now, served, 0.0)
     if service_s is not None:

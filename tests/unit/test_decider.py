@@ -601,7 +601,9 @@ def test_desired_is_always_within_bounds_and_never_zero_with_work(decide, the_po
 def test_more_load_never_gives_fewer_replicas(decide, load, the_policy, trace, last, more):
     _, state, now = replay(decide, the_policy, trace)
     less = inputs_at(now + last["dt"], last)
-    heavier = dataclasses.replace(less, **{load: (getattr(less, load) or 0) + more})
+    if getattr(less, load) is None:  # unknown arrivals: compare with none measured
+        less = dataclasses.replace(less, **{load: 0.0})
+    heavier = dataclasses.replace(less, **{load: getattr(less, load) + more})
     fewer, _ = decide(less, state, the_policy)
     assert decide(heavier, state, the_policy)[0].desired >= fewer.desired
 

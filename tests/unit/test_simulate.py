@@ -96,6 +96,16 @@ def test_the_first_request_at_zero_starts_a_replica_within_its_second():
     assert run.series.ready[34:36] == [0, 1]
 
 
+def test_a_replica_serves_the_part_of_the_second_it_is_ready_in():
+    """A 2.5 s cold start from second 30: ready halfway through second 32, which it serves half
+    of (35 of 70 requests), and ready when the scaler looks at that second's end."""
+    run = simulate_([0] * 30 + [40] * 60, scale_to_zero(), from_zero=True,
+                    cold_start_s=2.5)["sluice"]
+    assert run.series.ready[31:34] == [0, 0, 1]
+    queued = run.series.queue
+    assert queued[31] - queued[32] == pytest.approx(35.0 - 40.0)
+
+
 def test_from_zero_warm_up_is_idle_whatever_the_trace_starts_with():
     runs = simulate_([400] * 120, scale_to_zero(), from_zero=True)
     assert runs["sluice"].series.ready[0] == 0
