@@ -15,14 +15,18 @@ The model, one second per step:
    inventory), then starting for the cold start, then ready. A ready replica serves
    ``capacity`` requests per second (default ``target * targetUtilization``: exactly the load
    the scalers aim for per replica, so a scaler that holds its aim costs what the oracle costs,
-   and headroom comes only from rounding up). Scaling down removes Pending replicas first, then
-   starting ones (newest first), then ready ones, as a ReplicaSet does.
+   and headroom comes only from rounding up; on concurrency the in-flight aim over the service
+   time). A replica whose cold start ends within a second serves the rest of it. Scaling down
+   removes Pending replicas first, then starting ones (newest first), then ready ones, as a
+   ReplicaSet does.
 2. Requests. The second's arrivals join a FIFO fluid queue at the router; ready capacity serves
    it; the rest waits for later seconds (the buffer is unbounded here, so nothing is lost).
 3. Decisions. On a tick the scaler sees the mean arrival rate since its last tick (the rps
-   metric), the queue (``buffered``), the requests served in the second (``in_flight``: a
-   replica serves a request within the second it takes it), ready, starting (Pending
-   included), free GPUs and the cold starts completed since its last tick. The desired count
+   metric, and ``arrivals`` whatever the metric; on concurrency the metric is the requests
+   served in the second times the service time), the queue (``buffered``), the requests served
+   in the second (``in_flight``: a replica serves a request within the second it takes it),
+   ready, starting (Pending included), free GPUs and the cold starts completed since its last
+   tick. The desired count
    applies from the next second: new replicas are Pending (or start at once) then.
 
 Before the trace the revision has served the trace's starting rate (the median of its first
@@ -201,6 +205,13 @@ class Fleet:
         of it left: a measured cold start is no whole number of seconds."""
         return sum(now + 1 - at for at in self.starting if at < now + 1)
 
+    def serving_from(self, now: float) -> float:
+        """The part of the second from ``now`` before any replica serves: 0 with one ready,
+        else until the first that becomes ready within it (1 when none does)."""
+        if self.ready:
+            return 0.0
+        return min((at - now for at in self.starting if at < now + 1), default=1.0)
+
     def ready_before(self, end: float) -> None:
         """Make ready the replicas due before ``end``: the ones that served part of the second
         are ready when the scaler looks at its end."""
@@ -241,6 +252,7 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
     queue, desired, events = 0.0, initial, 0
     arrived_since_tick, seconds_since_tick = 0.0, 0
     served_per_s: list[float] = []
+    serving_from: list[float] = []
     series = Series([], [], [], [], [])
     for second, arriving in enumerate(arrivals.tolist()):
         now = float(second - WARMUP_S)
@@ -255,6 +267,7 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
         served = min(waiting + arriving, capacity)
         queue = waiting + arriving - served
         served_per_s.append(served)
+        serving_from.append(fleet.serving_from(now))
         arrived_since_tick += arriving
         seconds_since_tick += 1
         if now >= 0:
@@ -273,7 +286,8 @@ def run(arrivals: Rates, decide: Decide, tick_s: int, model: ReplicaModel,
             desired = decided
             fleet.scale(desired)
     arrived = float(np.sum(arrivals[WARMUP_S:]))
-    mean_delay, p99_delay = _delays(arrivals, np.asarray(served_per_s), WARMUP_S)
+    mean_delay, p99_delay = _delays(arrivals, np.asarray(served_per_s), WARMUP_S,
+                                    np.asarray(serving_from))
     metrics = Metrics(
         replica_seconds=float(sum(series.billed)),
         slo_violation_s=sum(series.violated),
@@ -302,11 +316,13 @@ def poke(decide: Decide, fleet: Fleet, now: float, rate: float) -> int:
     return decided
 
 
-def _delays(arrivals: Rates, served: Rates, skip_s: int) -> tuple[float, float]:
+def _delays(arrivals: Rates, served: Rates, skip_s: int,
+            serving_from: Rates | None = None) -> tuple[float, float]:
     """Mean and p99 queueing delay of the requests served that arrived after ``skip_s``.
 
-    Both cumulative curves are linear within a second (arrivals spread evenly over it); the
-    n-th request arrives when the arrivals curve reaches n and leaves when the served curve
+    Both cumulative curves are linear within a second (arrivals spread evenly over it; service
+    from ``serving_from``, the part of each second before the first replica was ready, on);
+    the n-th request arrives when the arrivals curve reaches n and leaves when the served curve
     does, so its delay is the horizontal distance between the curves at height n.
     """
     arrived_by = np.concatenate([[0.0], np.cumsum(arrivals)])
@@ -316,16 +332,21 @@ def _delays(arrivals: Rates, served: Rates, skip_s: int) -> tuple[float, float]:
         return 0.0, 0.0
     count = DELAY_QUANTILES
     heights = first + (np.arange(count) + 0.5) * (last - first) / count
-    delays = np.maximum(0.0, _time_at(served_by, heights) - _time_at(arrived_by, heights))
+    leaves = _time_at(served_by, heights, serving_from)
+    delays = np.maximum(0.0, leaves - _time_at(arrived_by, heights))
     return float(delays.mean()), float(np.quantile(delays, 0.99))
 
 
-def _time_at(cumulative: Rates, heights: Rates) -> Rates:
-    """When a nondecreasing piecewise-linear curve first reaches each height (heights > 0)."""
+def _time_at(cumulative: Rates, heights: Rates, rising_from: Rates | None = None) -> Rates:
+    """When a nondecreasing piecewise-linear curve first reaches each height (heights > 0); in
+    second i it rises from ``rising_from[i]`` (default 0) to the second's end."""
     after = np.searchsorted(cumulative, heights, side="left")
     before = after - 1
     rise = cumulative[after] - cumulative[before]
-    times: Rates = before + (heights - cumulative[before]) / rise
+    part = (heights - cumulative[before]) / rise
+    if rising_from is not None:
+        part = rising_from[before] + part * (1 - rising_from[before])
+    times: Rates = before + part
     return times
 
 

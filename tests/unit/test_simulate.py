@@ -106,6 +106,15 @@ def test_a_replica_serves_the_part_of_the_second_it_is_ready_in():
     assert queued[31] - queued[32] == pytest.approx(35.0 - 40.0)
 
 
+def test_requests_held_at_zero_leave_when_the_replica_is_ready_not_at_its_second():
+    """10 requests spread over second 30 wait for a replica ready at 32.5 that serves them in
+    the half second left: the n-th (of 10) arrives at 30 + n/10 and leaves at 32.5 + n/20."""
+    run = simulate_([0] * 30 + [10] + [0] * 30, scale_to_zero(), from_zero=True,
+                    cold_start_s=2.5)["sluice"]
+    assert run.metrics.mean_delay_s == pytest.approx(2.25, abs=0.01)
+    assert run.metrics.p99_delay_s == pytest.approx(2.5, abs=0.01)
+
+
 def test_from_zero_warm_up_is_idle_whatever_the_trace_starts_with():
     runs = simulate_([400] * 120, scale_to_zero(), from_zero=True)
     assert runs["sluice"].series.ready[0] == 0
