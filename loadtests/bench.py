@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from autoscaler import rollout_bench, simulate
+from loadtests import from_zero
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -285,6 +286,7 @@ SECTIONS = {
     "router": router_section,
     "coldstart": coldstart_section,
     "simulator": simulate.benchmark_section,
+    "fromzero": from_zero.benchmark_section,
     "rollouts": rollout_bench.benchmark_section,
 }
 """Each section of docs/benchmarks.md and the function that measures and renders it. Other
@@ -312,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturation-seconds", type=int, default=10)
     parser.add_argument("--buffered", type=int, default=10_000)
     parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--from-zero-runs", type=int, default=3,
+                        help="runs of each live step from zero (fromzero)")
+    parser.add_argument("--from-zero-before", type=Path,
+                        default=ROOT / "docs" / "fromzero-before.jsonl",
+                        help="an older commit's runs (python -m loadtests.from_zero --json), "
+                        "shown beside the fresh ones (fromzero)")
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}

@@ -27,12 +27,19 @@ Environment:
 - ``SLUICE_V1_WEIGHT``, ``SLUICE_V2_WEIGHT`` (default 1 each): task weights of the two
   protocols; 0 leaves one out.
 - ``SLUICE_USER_RPS`` (default 1): requests per second per user.
+- ``SLUICE_USER_PACING`` (default ``constant``): ``constant`` sends each user's requests every
+  ``1 / SLUICE_USER_RPS`` s (``constant_throughput``); ``poisson`` at exponential intervals of
+  that mean, so that many users make Poisson arrivals, as independent clients do, and users a
+  cold start held together do not stay in step afterwards (``poisson_throughput``).
 - ``SLUICE_STICKY_USERS`` (``1`` to enable): send ``X-User-Id: user-<n>``, one key per user, for
   routes with ``sticky: {header: X-User-Id}``.
 - ``SLUICE_SHAPE`` and its parameters, ``SLUICE_RUN_SECONDS``: the load schedule (shapes.py).
   Without ``SLUICE_SHAPE`` there is no shape class, and Locust's usual ``-u``/``-r``/
   ``--run-time`` or web UI drive the users.
 - ``SLUICE_LOAD_SUMMARY``: where to write the JSON summary.
+- ``SLUICE_LOAD_REQUESTS``: where to write every request as a JSON list of ``[start, ms,
+  failed]`` (start in Unix seconds), for analyses by arrival time; it grows with the run, so
+  it is for benchmark runs of minutes, not soaks.
 - ``SLUICE_STOP_FILE``: the run stops (and writes its summary) at the first shape tick after
   this file exists, so a test can end the load when what it waits for has happened instead of
   guessing a duration; ``SLUICE_RUN_SECONDS`` stays the hard bound.
@@ -45,6 +52,9 @@ import itertools
 import json
 import math
 import os
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +66,10 @@ MODEL = os.environ.get("SLUICE_MODEL", "model")
 V1_WEIGHT = int(os.environ.get("SLUICE_V1_WEIGHT", "1"))
 V2_WEIGHT = int(os.environ.get("SLUICE_V2_WEIGHT", "1"))
 USER_RPS = float(os.environ.get("SLUICE_USER_RPS", "1"))
+USER_PACING = os.environ.get("SLUICE_USER_PACING", "constant")
 STICKY_USERS = os.environ.get("SLUICE_STICKY_USERS", "") == "1"
 SUMMARY_PATH = os.environ.get("SLUICE_LOAD_SUMMARY")
+REQUESTS_PATH = os.environ.get("SLUICE_LOAD_REQUESTS")
 STOP_FILE = os.environ.get("SLUICE_STOP_FILE")
 
 REVISION_HEADER = "X-Sluice-Revision"
@@ -71,13 +83,31 @@ if V1_WEIGHT < 0 or V2_WEIGHT < 0 or V1_WEIGHT + V2_WEIGHT == 0:
     raise ValueError(f"SLUICE_V1_WEIGHT={V1_WEIGHT}, SLUICE_V2_WEIGHT={V2_WEIGHT}: "
                      "weights must be >= 0 and not both 0")
 
+if USER_PACING not in ("constant", "poisson"):
+    raise ValueError(f"SLUICE_USER_PACING={USER_PACING!r}: expected 'constant' or 'poisson'")
+
 _user_numbers = itertools.count()
+
+
+def poisson_throughput(requests_per_second: float) -> Callable[[Any], float]:
+    """``constant_throughput`` with exponential intervals: each user's requests are due as a
+    Poisson process of this rate, and one due while the previous is unanswered goes as soon as
+    that is answered (no catching up)."""
+
+    def wait_time(user: Any) -> float:
+        now = time.perf_counter()
+        due = getattr(user, "_sluice_due", now) + random.expovariate(requests_per_second)
+        user._sluice_due = max(due, now)
+        return max(0.0, due - now)
+
+    return wait_time
 
 
 class InferenceUser(FastHttpUser):
     """One client of the model, alternating between the protocols by the configured weights."""
 
-    wait_time = constant_throughput(USER_RPS)
+    wait_time = (poisson_throughput(USER_RPS) if USER_PACING == "poisson"
+                 else constant_throughput(USER_RPS))
 
     def on_start(self) -> None:
         self.headers = {"X-User-Id": f"user-{next(_user_numbers)}"} if STICKY_USERS else {}
@@ -156,6 +186,7 @@ class Recorder:
         self.total = Outcomes()
         self.by_revision: collections.defaultdict[str, Outcomes] = (
             collections.defaultdict(Outcomes))
+        self.requests: list[tuple[float, float, bool]] = []
 
     def record(self, response: Any, response_time: float, exception: Any) -> None:
         headers = getattr(response, "headers", None) or {}
@@ -164,6 +195,8 @@ class Recorder:
         failed = exception is not None
         self.total.add(status, response_time, failed)
         self.by_revision[revision].add(status, response_time, failed)
+        if REQUESTS_PATH:
+            self.requests.append((time.time() - response_time / 1000, response_time, failed))
 
     def write(self, path: Path) -> None:
         summary = self.total.as_json()
@@ -194,3 +227,5 @@ def _record(response_time: float, response: Any = None, exception: Any = None,
 def _write_summary(**_kwargs: Any) -> None:
     if SUMMARY_PATH:
         recorder.write(Path(SUMMARY_PATH))
+    if REQUESTS_PATH:
+        Path(REQUESTS_PATH).write_text(json.dumps(recorder.requests))
