@@ -58,6 +58,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -723,12 +724,19 @@ def _judged(trace: traces.Trace, model: ReplicaModel,
     slo_target = SLO_TARGET_SLOW_START if model.cold_start_s >= SLOW_START_S else SLO_TARGET
     slo = sluice.slo_violation_s / kpa.slo_violation_s if kpa.slo_violation_s else (
         0.0 if sluice.slo_violation_s == 0 else math.inf)
+    waits = ""
+    if trace.from_zero:
+        desired = runs["oracle"].series.desired
+        starts = sum(1 for a, b in itertools.pairwise([0, *desired]) if a == 0 < b)
+        waits = (f"; {starts} starts from zero, each a {model.cold_start_s:g} s cold start "
+                 f"every scaler but the oracle waits through; KPA at "
+                 f"{kpa.replica_seconds / oracle.replica_seconds:.2f}x the oracle's cost")
     return [
         (f"replica-seconds ≤ {COST_TARGET:g}x the oracle's", cost <= COST_TARGET,
          f"{cost:.2f}x ({sluice.replica_seconds:,.0f} vs {oracle.replica_seconds:,.0f}; "
          f"peak {sluice.peak_replicas} replicas vs the oracle's {oracle.peak_replicas})", cost),
         (f"SLO-violation s ≤ {slo_target:.0%} of KPA", slo <= slo_target,
-         f"{slo:.1%} ({sluice.slo_violation_s} s vs {kpa.slo_violation_s} s)", slo),
+         f"{slo:.1%} ({sluice.slo_violation_s} s vs {kpa.slo_violation_s} s{waits})", slo),
     ]
 
 
