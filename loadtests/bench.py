@@ -48,7 +48,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtests import replica, rollout_bench, sim_bench
+from loadtests import from_zero, replica, rollout_bench, sim_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -598,6 +598,7 @@ SECTIONS = {
     "release": release_section,
     "coldstart": coldstart_section,
     "simulator": sim_bench.benchmark_section,
+    "fromzero": from_zero.benchmark_section,
     "rollouts": rollout_bench.benchmark_section,
     "cli": cli_section,
 }
@@ -639,6 +640,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wave-target", type=float, default=5.0,
                         help="the ScalingPolicy's concurrency target")
     parser.add_argument("--wave-utilization", type=float, default=0.7)
+    parser.add_argument("--from-zero-runs", type=int, default=3,
+                        help="runs of each live step from zero (fromzero)")
+    parser.add_argument("--from-zero-before", type=Path,
+                        default=ROOT / "docs" / "fromzero-before.jsonl",
+                        help="an older commit's runs (python -m loadtests.from_zero --json), "
+                        "shown beside the fresh ones (fromzero)")
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}

@@ -49,12 +49,19 @@ Environment:
 - ``SLUICE_STREAM_TOKENS`` (default 16): ``max_tokens`` of a streamed request.
 - ``SLUICE_REQUEST_TIMEOUT`` (seconds, default 60): a request taking longer fails.
 - ``SLUICE_USER_RPS`` (default 1): requests per second per user.
+- ``SLUICE_USER_PACING`` (default ``constant``): ``constant`` sends each user's requests every
+  ``1 / SLUICE_USER_RPS`` s (``constant_throughput``); ``poisson`` at exponential intervals of
+  that mean, so that many users make Poisson arrivals, as independent clients do, and users a
+  cold start held together do not stay in step afterwards (``poisson_throughput``).
 - ``SLUICE_STICKY_USERS`` (``1`` to enable): send ``X-User-Id: user-<n>``, one key per user, for
   routes with ``sticky: {header: X-User-Id}``.
 - ``SLUICE_SHAPE`` and its parameters, ``SLUICE_RUN_SECONDS``: the load schedule (shapes.py).
   Without ``SLUICE_SHAPE`` there is no shape class, and Locust's usual ``-u``/``-r``/
   ``--run-time`` or web UI drive the users.
 - ``SLUICE_LOAD_SUMMARY``: where to write the JSON summary.
+- ``SLUICE_LOAD_REQUESTS``: where to write every request as a JSON list of ``[start, ms,
+  failed]`` (start in Unix seconds), for analyses by arrival time; it grows with the run, so
+  it is for benchmark runs of minutes, not soaks.
 - ``SLUICE_STOP_FILE``: the run stops (and writes its summary) at the first shape tick after
   this file exists, so a test can end the load when what it waits for has happened instead of
   guessing a duration; ``SLUICE_RUN_SECONDS`` stays the hard bound.
@@ -72,7 +79,9 @@ import itertools
 import json
 import math
 import os
+import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +106,10 @@ STREAM_WEIGHT = int(os.environ.get("SLUICE_STREAM_WEIGHT", "0"))
 STREAM_TOKENS = int(os.environ.get("SLUICE_STREAM_TOKENS", "16"))
 REQUEST_TIMEOUT_S = float(os.environ.get("SLUICE_REQUEST_TIMEOUT", "60"))
 USER_RPS = float(os.environ.get("SLUICE_USER_RPS", "1"))
+USER_PACING = os.environ.get("SLUICE_USER_PACING", "constant")
 STICKY_USERS = os.environ.get("SLUICE_STICKY_USERS", "") == "1"
 SUMMARY_PATH = os.environ.get("SLUICE_LOAD_SUMMARY")
+REQUESTS_PATH = os.environ.get("SLUICE_LOAD_REQUESTS")
 STOP_FILE = os.environ.get("SLUICE_STOP_FILE")
 STARTED_FILE = os.environ.get("SLUICE_STARTED_FILE")
 
@@ -113,14 +124,32 @@ if min(V1_WEIGHT, V2_WEIGHT, STREAM_WEIGHT) < 0 or V1_WEIGHT + V2_WEIGHT + STREA
     raise ValueError(f"SLUICE_V1_WEIGHT={V1_WEIGHT}, SLUICE_V2_WEIGHT={V2_WEIGHT}, "
                      f"SLUICE_STREAM_WEIGHT={STREAM_WEIGHT}: weights must be >= 0 and not all 0")
 
+if USER_PACING not in ("constant", "poisson"):
+    raise ValueError(f"SLUICE_USER_PACING={USER_PACING!r}: expected 'constant' or 'poisson'")
+
 _user_numbers = itertools.count()
 PARENT = os.getppid()
+
+
+def poisson_throughput(requests_per_second: float) -> Callable[[Any], float]:
+    """``constant_throughput`` with exponential intervals: each user's requests are due as a
+    Poisson process of this rate, and one due while the previous is unanswered goes as soon as
+    that is answered (no catching up)."""
+
+    def wait_time(user: Any) -> float:
+        now = time.perf_counter()
+        due = getattr(user, "_sluice_due", now) + random.expovariate(requests_per_second)
+        user._sluice_due = max(due, now)
+        return max(0.0, due - now)
+
+    return wait_time
 
 
 class InferenceUser(FastHttpUser):
     """One client of the model, choosing between the protocols by the configured weights."""
 
-    wait_time = constant_throughput(USER_RPS)
+    wait_time = (poisson_throughput(USER_RPS) if USER_PACING == "poisson"
+                 else constant_throughput(USER_RPS))
     network_timeout = REQUEST_TIMEOUT_S
     connection_timeout = REQUEST_TIMEOUT_S
 
@@ -292,6 +321,7 @@ class Recorder:
             collections.defaultdict(Outcomes))
         self.first_tokens = Outcomes()
         self.timeline = Timeline(time.time())
+        self.requests: list[tuple[float, float, bool]] = []
 
     def sending(self) -> None:
         self.timeline.sending(time.time())
@@ -309,6 +339,8 @@ class Recorder:
         self.timeline.add(start_time, response_time, revision, failed)
         if context.get("first_token_ms") is not None:
             self.first_tokens.add(status, context["first_token_ms"], failed)
+        if REQUESTS_PATH:
+            self.requests.append((start_time, response_time, failed))
 
     def write(self, path: Path) -> None:
         summary = self.total.as_json()
@@ -347,3 +379,5 @@ def _record(response_time: float, response: Any = None, exception: Any = None,
 def _write_summary(**_kwargs: Any) -> None:
     if SUMMARY_PATH:
         recorder.write(Path(SUMMARY_PATH))
+    if REQUESTS_PATH:
+        Path(REQUESTS_PATH).write_text(json.dumps(recorder.requests))

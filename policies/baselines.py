@@ -3,8 +3,10 @@
 Pure, like the decider, and in its shape, so the simulator runs them all through one engine:
 
 - ``hpa_decide``: the Kubernetes HorizontalPodAutoscaler with its default behaviour, scaling on
-  the same request rate through an external metric with an AverageValue target (what KEDA sets
-  up for an HTTP rate). It sees only the metric, not the router buffer, and never goes to zero.
+  the same metric through an external metric with an AverageValue target (what KEDA sets up
+  for HTTP traffic). On a request rate it sees only the rate, not the router buffer; on
+  concurrency it counts the waiting requests too, as KEDA's HTTP add-on reports its
+  interceptor's pending requests. It never goes to zero.
 - ``oracle_replicas``: perfect foresight with instant start, the lower bound on cost for a
   scaler that never queues a request. It is a plan over the whole trace rather than a tick
   function, since foresight means reading the future, which no decider is given.
@@ -83,15 +85,20 @@ def hpa_decide(
 ) -> tuple[decider.ScalingDecision, HpaState]:
     """One call of the HPA-like scaler; it acts only once per sync period of ``inputs.now``.
 
-    ``inputs.value`` is the metric (the revision's total); the buffer, in-flight count, cold
-    starts and GPUs are not HPA inputs and are ignored. ``current`` is ready + starting.
+    ``inputs.value`` is the metric (the revision's total); on concurrency the requests waiting
+    in the buffer count too, as KEDA's HTTP add-on reports every request its interceptor holds.
+    The in-flight count, cold starts and GPUs are not HPA inputs and are ignored. ``current`` is
+    ready + starting.
     """
+    metric = inputs.value
+    if policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+        metric += inputs.buffered
     current = inputs.ready + inputs.starting
     due = state.last_sync_at is None or inputs.now - state.last_sync_at >= behavior.sync_period_s
     if not due:
-        return _decision(current, inputs.value, current, held=False), state
+        return _decision(current, metric, current, held=False), state
 
-    recommended = _recommendation(inputs.value, policy.per_replica, current, behavior.tolerance)
+    recommended = _recommendation(metric, policy.per_replica, current, behavior.tolerance)
     recent = (
         *(r for r in state.recommendations
           if r.at > inputs.now - behavior.scale_down_stabilization_s),
@@ -104,7 +111,7 @@ def hpa_decide(
     desired = _bounded(_rate_limited(stabilized, current, changes, behavior), policy)
     if desired != current:
         changes = (*changes, ScaleChange(inputs.now, desired - current))
-    decision = _decision(desired, inputs.value, recommended, held=stabilized > recommended)
+    decision = _decision(desired, metric, recommended, held=stabilized > recommended)
     return decision, HpaState(inputs.now, recent, changes)
 
 

@@ -12,10 +12,21 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
 1. Demand. Each tick records a sample: the served load (``inputs.value``) and, for
    concurrency, the router backlog (buffered requests). Averages are taken over the stable
    window (60 s) and the panic window (6 s). KPA averages the backlog like any load, since
-   Knative's activator reports held requests as concurrency; sluice counts it at its current
-   size when that is larger, so a burst waiting in the buffer is demand at once. For rps the
-   held requests were already counted as arrivals; sluice sizes their drain separately (3).
-   Sluice also reads level shifts out of the history, each judged in standard errors of the
+   Knative's activator reports held requests as concurrency. Sluice treats a backlog as work
+   to drain (3), whatever the metric: for rps the held requests were already counted as
+   arrivals; for concurrency a waiting request is not one more in flight for as long as it
+   waits but its service time of work, which sluice learns (Little's law: in flight over the
+   requests going to replicas, weighted by requests). While requests wait, what is in flight
+   understates the load, so the sample is at least the in-flight work the last second's
+   arrivals make (service time each, at most a second: whether they keep coming is not yet
+   known); requests that left the buffer since the last tick were in flight on top of the
+   arrivals, and only the arrivals' share is load. Before any replica has served, what a
+   request weighs is unknown: the starting replicas take the backlog, and once one serves the
+   service time is measured; until then requests waiting while replicas serve count one in
+   flight each, as Knative counts them. While no replica is ready and requests wait, a sample
+   never falls below the previous one: a client waiting for its answer sends no other, so a
+   lull in arrivals during a cold start is load held back, not load gone. Sluice also reads
+   level shifts out of the history, each judged in standard errors of the
    difference of two means (the noise measured from successive differences of the previous
    ticks, and for rps at least a Poisson process's): a level ``SURGE_Z`` above the rest of the
    stable window is the load at once (and the history restarts at that step, unless the
@@ -32,19 +43,28 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    a replica boundary does not release and restart a replica every few windows; only when a
    cold start is longer than the panic window: a replica that starts faster is back before a
    backlog builds, and keeping it would cost more than restarting it.
-3. Backlog drain (sluice, rps). New replicas serve a cold start from now and are billed from
-   now, so they are asked for only for what the ready and starting replicas (each from when
-   it becomes ready) leave of the backlog after max(panic window, cold start), sized to drain
-   it in that time; capacity already on the way is counted, so a backlog that grows while
-   replicas start orders no more than it needs. The drain count takes part in the panic test.
+3. Backlog drain (sluice, rps and concurrency). A waiting request is work in the metric's
+   unit times seconds: one arrival for rps, its service time (at most the drain time) in
+   flight for concurrency. New replicas serve a cold start from now and are billed from now,
+   so they are asked for only for what the ready and starting replicas (each from when it
+   becomes ready) leave of the backlog after max(panic window, cold start), sized to drain it
+   in that time: a replica started now helps only if the backlog would still be there when it
+   is ready. Capacity already on the way is counted, so a backlog that grows while replicas
+   start orders no more than it needs. For concurrency, while no replica is ready the load is
+   what the waiting requests will keep in flight, so those are not counted again as backlog.
+   The drain count takes part in the panic test.
 4. Rate limits, on ``base = max(1, ready)``; sluice uses ready + starting, since starting replicas
    are capacity on the way: each want is clamped to ``[floor(base / maxScaleDownRate),
    ceil(base * maxScaleUpRate)]``, and raised to activationScale when positive.
 5. Panic when ``panic want / base ≥ threshold / 100``. While panicking the count is the highest
    of max(stable, panic) seen (it never decreases); panic ends a full stable window after the
-   last tick over the threshold (for sluice, also when the load has clearly dropped, 1).
-   Counting starting replicas in ``base`` means a burst that has already been answered does
-   not keep panicking and ordering more.
+   last tick over the threshold. For sluice it ends a cold start after it (at least a panic
+   window, at most the stable window), since holding a count longer than a cold start costs
+   more than starting replicas again; also when the load has clearly dropped (1); and a panic
+   that began with requests waiting and no replica ready, a cold start's backlog, ends as soon
+   as nothing waits: the measured load decides from then on. Counting starting replicas in
+   ``base`` means a burst that has already been answered does not keep panicking and ordering
+   more.
 6. Scale-down delay: the highest count over the last scaleDownDelay seconds. Sluice holds a
    count for at least a cold start in all (stable window plus delay) unless the load clearly
    falls (the trend test mirrored): a replica released for a dip costs a cold start to get
@@ -57,12 +77,21 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    plus the grace period (one replica is kept until then).
 
 Worked example, concurrency with target 10 and utilization 0.7, so 7 in flight per replica; one
-sample a second. A revision at zero has been idle for a minute; 100 requests arrive and wait in
-the router buffer. KPA sees a stable average of 100/60 ≈ 1.7 and a panic average of 100/6 ≈ 16.7
-(this sample among five idle ones): stable want 1, panic want ceil(16.7/7) = 3 ≥ 2 * 1, so it
-panics and asks for 3, then 5, 8, 10, 12 and 15 as the burst fills its panic window. Sluice
-counts the 100 buffered requests at once: ceil(100/7) = 15 replicas on the first tick. On the
-next tick those 15 are starting, so ``base`` is 15 and sluice asks for 15 again, not more.
+sample a second. A revision at zero has been idle for a minute; 100 requests arrive within a
+second and wait in the router buffer, and their clients send nothing more until answered. KPA
+sees a stable average of 100/60 ≈ 1.7 and a panic average of 100/6 ≈ 16.7 (this sample among
+five idle ones): stable want 1, panic want ceil(16.7/7) = 3 ≥ 2 * 1, so it panics and asks for
+3, then 5, 8, 10, 12 and 15 as the burst fills its panic window, and holds 15 for a minute
+whatever the requests weigh. If no replica of the revision has served yet, sluice cannot know
+that: 100 requests of 10 ms are a seventh of one replica's second, 100 of a minute are 15
+replicas for a minute. It starts one replica (activationScale) and keeps it while it starts;
+once it serves, the service time is measured and the rest follows from it. If the revision
+has served before and learned that a request is in flight 0.5 s, the 100 arrivals make 50 in
+flight: ceil(50/7) = 8 replicas on the first tick. The waiting requests are that load, not
+also a backlog; the drain asks for what keeps 50 in flight through a panic window (the cold
+start is not known yet) with nothing ready: 50 * 6 / (7 * 6) = 8 again. On the next ticks no
+request arrives, but a lull while clients wait for a first answer is load held back: sluice
+asks for 8 until the replicas serve, then for what they measure.
 """
 
 from __future__ import annotations
@@ -93,6 +122,15 @@ before the decider forgets the higher level: noise around a level does not reach
 DRAIN_NOW_S = 1.0
 """Seconds: ready replicas are kept while the backlog keeps them busy for this long, the
 metric's own period (rps is per second), so a backlog never releases a replica it occupies."""
+
+METRIC_PERIOD_S = 1.0
+"""Seconds the metric and the arrival rate are measured over (ScalingInputs.value): the
+in-flight work of one period's arrivals is counted at most this long each, since whether they
+keep arriving is not known yet."""
+
+SERVICE_EWMA_REQUESTS = 100.0
+"""Arrivals that weigh as much as the service time learned before them: a tick with a few
+requests moves the estimate little, and a slower model is followed within a few hundred."""
 
 KEEP_Z = 2.0
 """Standard errors of the stable window's mean above it that the current count is kept for:
@@ -133,6 +171,10 @@ class ScalingInputs:
     """Replicas ready to serve."""
     starting: int = 0
     """Replicas asked for but not yet ready (Pending or starting up)."""
+    arrivals: float | None = None
+    """Requests per second arriving at the routers over the same period as ``value``, buffered
+    ones included, whatever the metric (for rps it is ``value``); None when not measured. With
+    concurrency it turns in-flight requests into the work one request makes (Little's law)."""
     free_gpus: int | None = None
     """Free units of the policy's GPU resource that this revision's new replicas could use, net
     of what its Pending replicas already requested; None when unknown or unlimited."""
@@ -140,7 +182,8 @@ class ScalingInputs:
     """Seconds from start to ready of each replica that became ready since the last tick."""
 
     def __post_init__(self) -> None:
-        counts = (self.value, self.buffered, self.in_flight, self.ready, self.starting)
+        counts = (self.value, self.buffered, self.in_flight, self.ready, self.starting,
+                  self.arrivals or 0.0)
         if min(counts) < 0 or (self.free_gpus or 0) < 0 or any(d < 0 for d in self.cold_starts):
             raise ValueError(f"negative observation in {self}")
 
@@ -186,6 +229,17 @@ class DeciderState:
     """Whether initialScale replicas have been ready once; until then it is the floor."""
     starting_since: tuple[float, ...] = ()
     """When each replica still starting was first seen starting, oldest first (sluice only)."""
+    service_s: float | None = None
+    """Learned seconds one request is in flight at a replica (concurrency, sluice only): mean
+    in flight over the rate of requests going to replicas (Little's law), averaged with
+    weights by requests; None until a replica has served."""
+    panic_on_backlog: bool = False
+    """Whether this panic began with requests waiting and no replica ready, a cold start's
+    backlog: it ends as soon as nothing waits, and the measured load decides from then on."""
+    buffered: int = 0
+    """Requests waiting at the previous tick (concurrency, sluice only): those that left the
+    buffer since were served on top of the arrivals, and their time in flight is the backlog's
+    drain, not the load's."""
 
     @property
     def panicking(self) -> bool:
@@ -225,7 +279,9 @@ class Features:
     """What sluice adds to Knative's KPA; all off is a faithful KPA."""
 
     instant_backlog: bool = True
-    """Count the router backlog at its current size (and in rps terms), not only averaged."""
+    """Treat the router backlog as work to drain in a cold start (rps, and concurrency with a
+    learned service time) rather than averaging it in as load; hold the load through a cold
+    start's lull; end a panic a cold start's backlog began as soon as nothing waits."""
     startup_aware: bool = True
     """Count starting replicas as capacity, and never cancel one."""
     scale_ahead: bool = True
@@ -234,7 +290,8 @@ class Features:
     """Never ask for more replicas than free GPUs can hold."""
     settle: bool = True
     """Once the load has been clearly lower for a cold start, forget the higher level and end
-    the panic, instead of holding it for the rest of the stable window."""
+    the panic, instead of holding it for the rest of the stable window; and end any panic a
+    cold start after its last tick over the threshold."""
 
 
 SLUICE = Features()
@@ -260,11 +317,21 @@ def decide(
     state = _resumed(state, inputs)
     cold_start_s = _learned_cold_start(state.cold_start_s, inputs.cold_starts)
     starting_since = _starting_since(state.starting_since, inputs) if features.startup_aware else ()
+    service_s = state.service_s
+    if features.instant_backlog and policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+        service_s = _learned_service(service_s, inputs, state.buffered, state.history)
     # 1. demand
     kept_s = policy.stable_window_s
     if features.scale_ahead and cold_start_s is not None:
         kept_s = max(kept_s, TREND_COLD_STARTS * cold_start_s)
-    history = _recorded(state.history, _sample(inputs, policy, features), kept_s)
+    elapsed = inputs.now - state.history[-1].at if state.history else 0.0
+    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s)
+    if (features.instant_backlog and policy.metric_kind is not scaling.MetricKind.CUSTOM
+            and inputs.buffered > 0 and inputs.ready == 0 and state.history):
+        # No replica serves yet, and a client waiting for an answer sends no other: a lull in
+        # arrivals while the first replicas start is load held back, not load gone.
+        sample = dataclasses.replace(sample, served=max(sample.served, state.history[-1].served))
+    history = _recorded(state.history, sample, kept_s)
     since_drop = None
     if features.settle:
         hold_s = max(policy.panic_window_s, cold_start_s or 0.0)
@@ -279,28 +346,40 @@ def decide(
 
     # 2. replicas
     load = max(stable_demand, risen_load)
-    stable_want = _replicas_for(load, policy)
+    stable_want = scaling.replicas_for(load, policy)
     falling = False
     if features.scale_ahead and cold_start_s is not None:
         ahead = _trend_demand(state.history, history, cold_start_s, policy)
-        ahead_want = _replicas_for(ahead, policy)
+        ahead_want = scaling.replicas_for(ahead, policy)
         if ahead_want > stable_want:
             stable_want = ahead_want
             conditions.add(Condition.SCALING_AHEAD)
         falling = _falling(state.history, cold_start_s, policy)
     if features.startup_aware and state.history and _slow_to_start(cold_start_s, policy):
         stable_want = max(stable_want, _kept(inputs, state.history, history, load, policy))
-    panic_want = _replicas_for(panic_demand, policy)
+    panic_want = scaling.replicas_for(panic_demand, policy)
     drain_want = 0
-    if features.instant_backlog and policy.metric_kind is scaling.MetricKind.RPS:
-        drain_want = _drain_want(inputs, starting_since, load, cold_start_s, policy)
+    request_work = _request_work(policy, service_s) if features.instant_backlog else None
+    if request_work is not None:
+        waiting = _waiting(inputs, load, request_work, policy)
+        drain_want = _drain_want(inputs, waiting, request_work, starting_since, load,
+                                 cold_start_s, policy)
 
     # 3. rate limits and 4. panic
     base = max(1, inputs.ready + (inputs.starting if features.startup_aware else 0))
-    if since_drop is not None:
-        state = dataclasses.replace(state, panic_last_over=None, panic_peak=0)
+    if since_drop is not None or (state.panic_on_backlog and inputs.buffered == 0):
+        state = dataclasses.replace(state, panic_last_over=None, panic_peak=0,
+                                    panic_on_backlog=False)
     panic_ratio = max(panic_want, drain_want) / base
-    panic_last_over, panic_peak = _panic_mode(state, inputs.now, panic_ratio, policy)
+    panic_hold_s = policy.stable_window_s
+    if features.settle and cold_start_s is not None:
+        panic_hold_s = min(panic_hold_s, max(policy.panic_window_s, cold_start_s))
+    panic_last_over, panic_peak = _panic_mode(state, inputs.now, panic_ratio, panic_hold_s,
+                                              policy)
+    panic_on_backlog = False
+    if panic_last_over is not None and features.instant_backlog:
+        panic_on_backlog = state.panic_on_backlog if state.panicking else (
+            inputs.buffered > 0 and inputs.ready == 0)
     stable_count = _rate_limited(stable_want, base, policy)
     desired = stable_count
     if panic_last_over is not None:
@@ -350,6 +429,9 @@ def decide(
         cold_start_s=cold_start_s,
         reached_initial_scale=reached_initial,
         starting_since=starting_since,
+        service_s=service_s,
+        panic_on_backlog=panic_on_backlog,
+        buffered=inputs.buffered if features.instant_backlog else 0,
     )
     return decision, next_state
 
@@ -378,16 +460,73 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
     return learned
 
 
-def _sample(inputs: ScalingInputs, policy: scaling.ScalingPolicy, features: Features) -> Sample:
+def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
+            policy: scaling.ScalingPolicy, features: Features,
+            service_s: float | None) -> Sample:
+    if policy.metric_kind is not scaling.MetricKind.CONCURRENCY:
+        # rps: the held requests were counted as arrivals already; under sluice the backlog
+        # is drained on top of the load (_drain_want). custom: a signal's unit says nothing
+        # about requests.
+        return Sample(inputs.now, inputs.value, 0.0)
+    if not features.instant_backlog:
+        # Knative's activator reports the requests it holds as concurrency.
+        return Sample(inputs.now, inputs.value, float(inputs.buffered))
+    served = inputs.value
+    drained = max(0, was_buffered - inputs.buffered)
+    if inputs.arrivals is not None and drained > 0 and elapsed > 0:
+        # Requests that left the buffer were in flight on top of the arrivals: the load is the
+        # arrivals' share of what was in flight (Little's law), the rest was the drain.
+        served *= inputs.arrivals / (inputs.arrivals + drained / elapsed)
+    if inputs.buffered == 0:
+        return Sample(inputs.now, served, 0.0)
+    if service_s is not None:
+        # Requests wait, so what is in flight understates the load: the last period's
+        # arrivals make service_s in flight each (at most a period: whether they keep
+        # arriving is not known yet). The waiting ones are a backlog to drain (_drain_want).
+        made = (inputs.arrivals or 0.0) * min(service_s, METRIC_PERIOD_S)
+        return Sample(inputs.now, max(served, made), 0.0)
+    if inputs.value > 0:
+        # No service time learned yet, and requests wait while replicas serve: each is one
+        # more in flight, as Knative counts them.
+        return Sample(inputs.now, served, float(inputs.buffered))
+    # A cold start's backlog before any replica has served: what its requests weigh is not
+    # known until one has, and the replicas starting take them first.
+    return Sample(inputs.now, served, 0.0)
+
+
+def _learned_service(
+    learned: float | None, inputs: ScalingInputs, was_buffered: int,
+    previous: tuple[Sample, ...],
+) -> float | None:
+    """The service time with this tick's Little's law: in flight over the requests that went
+    to replicas per second, the arrivals less what the buffer kept of them (or plus what it
+    released) since the previous tick; when replicas are ready and at least one request went
+    to them. Weighted by those requests (SERVICE_EWMA_REQUESTS)."""
+    if inputs.arrivals is None or inputs.ready == 0 or not previous:
+        return learned
+    elapsed = inputs.now - previous[-1].at
+    if elapsed <= 0:
+        return learned
+    admitted = inputs.arrivals - (inputs.buffered - was_buffered) / elapsed
+    if admitted * METRIC_PERIOD_S < 1:
+        return learned  # not one request to measure
+    observed = inputs.value / admitted
+    if learned is None:
+        return observed
+    return learned + (observed - learned) * admitted / (admitted + SERVICE_EWMA_REQUESTS)
+
+
+def _request_work(policy: scaling.ScalingPolicy, service_s: float | None) -> float | None:
+    """What one waiting request adds to the metric, times seconds: rps counts it once,
+    concurrency for as long as it is in flight; None for a custom signal, whose unit says
+    nothing about requests, and for concurrency before a service time is learned."""
     match policy.metric_kind:
+        case scaling.MetricKind.RPS:
+            return 1.0
         case scaling.MetricKind.CONCURRENCY:
-            backlog = float(inputs.buffered)
+            return service_s
         case _:
-            # rps: the held requests were counted as arrivals already; under sluice the
-            # backlog is drained on top of the load (_drain_rate), at its current size.
-            # custom: a signal's unit says nothing about requests.
-            backlog = 0.0
-    return Sample(inputs.now, inputs.value, backlog)
+            return None
 
 
 def _starting_since(previous: tuple[float, ...], inputs: ScalingInputs) -> tuple[float, ...]:
@@ -396,15 +535,35 @@ def _starting_since(previous: tuple[float, ...], inputs: ScalingInputs) -> tuple
     return (*kept, *(inputs.now,) * (inputs.starting - len(kept)))
 
 
+def _waiting(inputs: ScalingInputs, load: float, request_work: float,
+             policy: scaling.ScalingPolicy) -> float:
+    """The requests waiting that are a backlog on top of ``load``.
+
+    rps: all of them; their arrivals were counted when they came. Concurrency: while no replica
+    is ready, the load is what the waiting requests will keep in flight once served (the last
+    arrivals', or the level they held, _sample): those are the load, not also a backlog.
+    """
+    per_request = min(request_work, METRIC_PERIOD_S)
+    if policy.metric_kind is not scaling.MetricKind.CONCURRENCY or inputs.ready or (
+            per_request <= 0):
+        return float(inputs.buffered)
+    return max(0.0, inputs.buffered - load / per_request)
+
+
 def _drain_want(
     inputs: ScalingInputs,
+    waiting: float,
+    request_work: float,
     starting_since: tuple[float, ...],
     load: float,
     cold_start_s: float | None,
     policy: scaling.ScalingPolicy,
 ) -> int:
-    """Replicas that serve ``load``, the load to expect next, and drain the rps backlog in time.
+    """Replicas that serve ``load``, the load to expect next, and drain the backlog in time.
 
+    The backlog is work in the metric's unit times seconds: each of the ``waiting`` requests
+    adds ``request_work`` (rps: 1; concurrency: its service time), at most the drain time, since
+    a request longer than that occupies its replica for the whole drain however it is spread.
     New replicas serve one cold start from now and cost that cold start too: ask for them only
     for what the ready and starting replicas (each from when it becomes ready) leave of the
     backlog after max(panic window, cold start) more, and size them to drain it in that time.
@@ -412,26 +571,23 @@ def _drain_want(
     orders no more than it needs. Ready replicas cost the same whether they drain the backlog
     sooner or later, so as many are kept as it keeps busy for the next second.
     """
-    per_replica = _per_replica(policy)
-    serving = _replicas_for(load, policy)
+    per_replica = policy.per_replica
+    serving = scaling.replicas_for(load, policy)
     if inputs.buffered == 0 and load <= inputs.ready * per_replica:
         return serving
     lead = cold_start_s or 0.0
     drain_s = max(policy.panic_window_s, lead)
+    backlog = waiting * min(request_work, drain_s)
     ages = [inputs.now - since for since in starting_since]
-    backlog_later = inputs.buffered + load * (lead + drain_s) - per_replica * (
+    backlog_later = backlog + load * (lead + drain_s) - per_replica * (
         inputs.ready * (lead + drain_s) + sum(min(lead + drain_s, drain_s + age) for age in ages))
     if backlog_later > EPSILON:
         new = math.ceil(backlog_later / (per_replica * drain_s) - EPSILON)
         return inputs.ready + inputs.starting + new
-    backlog_soon = inputs.buffered + load * DRAIN_NOW_S - per_replica * sum(
+    backlog_soon = backlog + load * DRAIN_NOW_S - per_replica * sum(
         max(0.0, DRAIN_NOW_S - lead + age) for age in ages)
     keep = math.ceil(backlog_soon / (per_replica * DRAIN_NOW_S) - EPSILON)
     return max(serving, min(inputs.ready, max(0, keep)) + inputs.starting)
-
-
-def _per_replica(policy: scaling.ScalingPolicy) -> float:
-    return max(0.01, policy.target_per_replica * policy.target_utilization)
 
 
 def _settled_history(
@@ -461,7 +617,8 @@ def _settled_history(
     if len(older) < MIN_TREND_SAMPLES or len(recent) < MIN_TREND_SAMPLES:
         return None
     older_mean, recent_mean = _mean(older), _mean(recent)
-    if _replicas_for(recent_mean, policy) >= _replicas_for(_mean(older + recent), policy):
+    if scaling.replicas_for(recent_mean, policy) >= scaling.replicas_for(
+            _mean(older + recent), policy):
         return None
     noise = _noise(previous)
     error = math.sqrt(_noise_at(noise, older_mean, policy) / len(older)
@@ -554,7 +711,7 @@ def _kept(
     ``_settled_history``)."""
     samples = sum(1 for s in history if s.at > history[-1].at - policy.stable_window_s)
     error = math.sqrt(_noise_at(_noise(previous), load, policy) / samples)
-    return min(inputs.ready + inputs.starting, _replicas_for(load + KEEP_Z * error, policy))
+    return min(inputs.ready + inputs.starting, scaling.replicas_for(load + KEEP_Z * error, policy))
 
 
 def _change_point(values: Sequence[float], first: int) -> int:
@@ -589,11 +746,6 @@ def _demand(history: tuple[Sample, ...], since: float, features: Features) -> fl
     if features.instant_backlog:
         backlog = max(backlog, history[-1].backlog)
     return served + backlog
-
-
-def _replicas_for(demand: float, policy: scaling.ScalingPolicy) -> int:
-    per_replica = _per_replica(policy)
-    return max(0, math.ceil(demand / per_replica - EPSILON))
 
 
 def _trend_demand(
@@ -682,13 +834,14 @@ def _rate_limited(want: int, base: int, policy: scaling.ScalingPolicy) -> int:
 
 
 def _panic_mode(
-    state: DeciderState, now: float, panic_ratio: float, policy: scaling.ScalingPolicy
+    state: DeciderState, now: float, panic_ratio: float, hold_s: float,
+    policy: scaling.ScalingPolicy,
 ) -> tuple[float | None, int]:
     """The next (panic_last_over, panic_peak): enter or extend while over the threshold, leave
-    a full stable window after the last tick over it."""
+    ``hold_s`` after the last tick over it."""
     if panic_ratio >= policy.panic_threshold_percentage / 100:
         return now, state.panic_peak
-    if state.panic_last_over is not None and now - state.panic_last_over < policy.stable_window_s:
+    if state.panic_last_over is not None and now - state.panic_last_over < hold_s:
         return state.panic_last_over, state.panic_peak
     return None, 0
 

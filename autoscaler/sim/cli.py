@@ -8,6 +8,7 @@ cluster, next to Knative's KPA, an HPA and a perfect-foresight oracle on the ver
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,9 +19,7 @@ import yaml
 from autoscaler.sim import model, report, traces
 from policies import scaling, validation
 
-
-class UsageError(Exception):
-    """A bad policy, trace or option: printed, exit status 2."""
+UsageError = model.UsageError
 
 
 def load_policy_file(path: Path) -> scaling.ScalingPolicy:
@@ -36,10 +35,10 @@ def load_policy_file(path: Path) -> scaling.ScalingPolicy:
         policy = scaling.load_policy(data)
     except pydantic.ValidationError as exc:
         raise UsageError(f"{path}: invalid policy\n{validation.describe(exc)}") from None
-    if policy.metric_kind is not scaling.MetricKind.RPS:
+    if policy.metric_kind is scaling.MetricKind.CUSTOM:
         raise UsageError(f"{path}: invalid policy for the simulator\nmetric: the simulator "
-                         f"replays request rates, so the policy must scale on 'rps', got "
-                         f"{policy.metric!r}")
+                         f"replays requests, so the policy must scale on 'rps' or "
+                         f"'concurrency', got {policy.metric!r}")
     return policy
 
 
@@ -60,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
         prog="sluice simulate", description="Replay a request-rate trace against a scaling "
         "policy, next to Knative's KPA, an HPA and a perfect-foresight oracle.")
     parse.add_argument("--policy", type=Path, required=True,
-                       help="ScalingPolicy YAML (metric: rps), e.g. examples/policies/cpu.yaml")
+                       help="ScalingPolicy YAML (metric: rps, or concurrency with a service "
+                       "time), e.g. examples/policies/cpu.yaml")
     parse.add_argument("--trace", required=True, help=f"one of {', '.join(traces.BUNDLED)}, "
                        "or FILE.csv with columns t,rps")
     parse.add_argument("--plot", type=Path, help="draw load, ready capacity and replicas to PNG")
@@ -75,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
                        help="GPU inventory (default: the trace's; none for CSV traces)")
     parse.add_argument("--seed", type=int, default=traces.DEFAULT_SEED,
                        help="seed of the bundled traces' noise")
+    parse.add_argument("--service-time", type=_service_time, help="seconds a request is in "
+                       "flight at a replica, up to 1 (needed for a concurrency policy; default: "
+                       "the trace's)")
+    parse.add_argument("--from-zero", action="store_true", help="the revision idles at zero "
+                       "replicas before the trace (default: the trace's; warm for CSV traces)")
     return parse
 
 
@@ -83,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = load_policy_file(args.policy)
         trace = load_trace(args.trace, args.seed)
+        if args.from_zero:
+            trace = dataclasses.replace(trace, from_zero=True)
+        replicas = model.replica_model(trace, policy, args.capacity, args.cold_start,
+                                       args.gpus, args.service_time)
     except UsageError as exc:
         print(f"sluice simulate: {exc}", file=sys.stderr)
         return 2
-    replicas = model.replica_model(trace, policy, args.capacity, args.cold_start, args.gpus)
     runs = model.simulate(trace, policy, replicas, args.tick)
     if args.plot:
         try:
@@ -115,6 +123,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def _service_time(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and ≤ 1, got {text}")
     return value
 
 

@@ -18,19 +18,26 @@ The model, one second per step:
    inventory), then starting for the cold start, then ready. A ready replica serves
    ``capacity`` requests per second (default ``target * targetUtilization``: exactly the load
    the scalers aim for per replica, so a scaler that holds its aim costs what the oracle costs,
-   and headroom comes only from rounding up). Scaling down removes Pending replicas first, then
-   starting ones (newest first), then ready ones, as a ReplicaSet does.
+   and headroom comes only from rounding up; on concurrency the in-flight aim over the service
+   time). A replica whose cold start ends within a second serves the rest of it. Scaling down
+   removes Pending replicas first, then starting ones (newest first), then ready ones, as a
+   ReplicaSet does.
 2. Requests. The second's arrivals join a FIFO fluid queue at the router; ready capacity serves
    it; the rest waits for later seconds (the buffer is unbounded here, so nothing is lost).
 3. Decisions. On a tick the scaler sees the mean arrival rate since its last tick (the rps
-   metric), the queue (``buffered``), the requests served in the second (``in_flight``: a
-   replica serves a request within the second it takes it), ready, starting (Pending
-   included), free GPUs and the cold starts completed since its last tick. The desired count
+   metric, and ``arrivals`` whatever the metric; on concurrency the metric is the requests
+   served in the second times the service time), the queue (``buffered``), the requests served
+   in the second (``in_flight``: a replica serves a request within the second it takes it),
+   ready, starting (Pending included), free GPUs and the cold starts completed since its last
+   tick. The desired count
    applies from the next second: new replicas are Pending (or start at once) then.
 
 Before the trace the revision has served the trace's starting rate (the median of its first
 ``WARMUP_RATE_S`` seconds) for ``WARMUP_S`` with the replicas it needs, so no scaler starts from
-an empty history; only the trace is measured.
+an empty history; only the trace is measured. A trace marked ``from_zero`` instead has
+``WARMUP_S`` of no load before it and starts at zero replicas (a scaler whose policy starts a new
+revision at initialScale has scaled it back to zero by then); at zero replicas the first
+request's arrival decides at once, as the router's poke does (``poke``), not at the next tick.
 
 Measures:
 
@@ -85,6 +92,10 @@ class ReplicaModel:
     gpus_per_replica: int = 0
     gpu_inventory: int | None = None
     """GPUs the revision may use; None when not GPU-bound."""
+    service_s: float | None = None
+    """Seconds a request is in flight at a replica, for a policy on concurrency: the scalers
+    then see the requests served in a second times this (Little's law; the one-second steps
+    hold it for service times up to a second) instead of the arrival rate. None for rps."""
 
     @property
     def replica_limit(self) -> int | None:
@@ -198,6 +209,26 @@ class Fleet:
             self.ready += 1
             self.cold_starts.append(self.model.cold_start_s)
 
+    def ready_within(self, now: float) -> float:
+        """Replicas that become ready within the second from ``now``, each counted for the part
+        of it left: a measured cold start is no whole number of seconds."""
+        return sum(now + 1 - at for at in self.starting if at < now + 1)
+
+    def serving_from(self, now: float) -> float:
+        """The part of the second from ``now`` before any replica serves: 0 with one ready,
+        else until the first that becomes ready within it (1 when none does)."""
+        if self.ready:
+            return 0.0
+        return min((at - now for at in self.starting if at < now + 1), default=1.0)
+
+    def ready_before(self, end: float) -> None:
+        """Make ready the replicas due before ``end``: the ones that served part of the second
+        are ready when the scaler looks at its end."""
+        while self.starting and self.starting[0] < end:
+            self.starting.popleft()
+            self.ready += 1
+            self.cold_starts.append(self.model.cold_start_s)
+
     def scale(self, desired: int) -> None:
         self.desired = desired
         if desired > self.total:
@@ -234,16 +265,27 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
     queue, desired, events = 0.0, initial, 0
     arrived_since_tick, seconds_since_tick = 0.0, 0
     served_per_s: list[float] = []
+    serving_from: list[float] = []
     series = Series([], [], [], [], [])
     for second, arriving in enumerate(arrivals.tolist()):
         now = float(second - WARMUP_S)
+        if fleet.total == 0 and arriving > 0:
+            # The router's poke: at zero replicas the first request decides at once, on the
+            # rate since the last tick and one buffered request, half a second after the tick.
+            clock.now = now - 1 + POKE_AFTER_S
+            rate = arrived_since_tick / max(1, seconds_since_tick)
+            control.step({KEY: _load(model, rate, queue=1.0, served=0.0)})
+            if now >= 0 and fleet.desired != desired:
+                events += 1
+            desired = fleet.desired
         clock.now = now
         fleet.advance(now)
-        capacity = fleet.ready * model.capacity_rps
+        capacity = (fleet.ready + fleet.ready_within(now)) * model.capacity_rps
         waiting = queue
         served = min(waiting + arriving, capacity)
         queue = waiting + arriving - served
         served_per_s.append(served)
+        serving_from.append(fleet.serving_from(now))
         arrived_since_tick += arriving
         seconds_since_tick += 1
         if now >= 0:
@@ -252,18 +294,17 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
             series.desired.append(fleet.total)
             series.queue.append(queue)
             series.violated.append(waiting - capacity >= WHOLE_REQUEST)
+        fleet.ready_before(now + 1)
         if second % tick_s == 0:
-            # A replica serves a request within the second it takes it: in flight = served.
             rate = arrived_since_tick / seconds_since_tick
             arrived_since_tick, seconds_since_tick = 0.0, 0
-            control.step({KEY: ports.RevisionLoad(
-                rps=rate, rps_6s=rate, concurrency=served, inflight=round(served),
-                buffered=round(queue))})
+            control.step({KEY: _load(model, rate, queue, served)})
             if now >= 0 and fleet.desired != desired:
                 events += 1
             desired = fleet.desired
     arrived = float(np.sum(arrivals[WARMUP_S:]))
-    mean_delay, p99_delay = _delays(arrivals, np.asarray(served_per_s), WARMUP_S)
+    mean_delay, p99_delay = _delays(arrivals, np.asarray(served_per_s), WARMUP_S,
+                                    np.asarray(serving_from))
     metrics = Metrics(
         replica_seconds=float(sum(series.billed)),
         slo_violation_s=sum(series.violated),
@@ -279,11 +320,27 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
     return Run(metrics, series)
 
 
-def _delays(arrivals: Rates, served: Rates, skip_s: int) -> tuple[float, float]:
+POKE_AFTER_S = 0.5
+"""Where the poke falls on the decider's clock, after the previous tick: a tick labelled t
+decides at the end of second t, so the first request of second t + 1 is half a second later."""
+
+
+def _load(model: ReplicaModel, rate: float, queue: float, served: float) -> ports.RevisionLoad:
+    """What the routers would report for the second: the arrival rate, the queue, and (a
+    replica serves a request within the second it takes it) the requests served as in flight;
+    on concurrency the metric is those times the service time."""
+    concurrency = served if model.service_s is None else served * model.service_s
+    return ports.RevisionLoad(rps=rate, rps_6s=rate, concurrency=concurrency,
+                              inflight=round(served), buffered=round(queue))
+
+
+def _delays(arrivals: Rates, served: Rates, skip_s: int,
+            serving_from: Rates | None = None) -> tuple[float, float]:
     """Mean and p99 queueing delay of the requests served that arrived after ``skip_s``.
 
-    Both cumulative curves are linear within a second (arrivals spread evenly over it); the
-    n-th request arrives when the arrivals curve reaches n and leaves when the served curve
+    Both cumulative curves are linear within a second (arrivals spread evenly over it; service
+    from ``serving_from``, the part of each second before the first replica was ready, on);
+    the n-th request arrives when the arrivals curve reaches n and leaves when the served curve
     does, so its delay is the horizontal distance between the curves at height n.
     """
     arrived_by = np.concatenate([[0.0], np.cumsum(arrivals)])
@@ -293,16 +350,21 @@ def _delays(arrivals: Rates, served: Rates, skip_s: int) -> tuple[float, float]:
         return 0.0, 0.0
     count = DELAY_QUANTILES
     heights = first + (np.arange(count) + 0.5) * (last - first) / count
-    delays = np.maximum(0.0, _time_at(served_by, heights) - _time_at(arrived_by, heights))
+    leaves = _time_at(served_by, heights, serving_from)
+    delays = np.maximum(0.0, leaves - _time_at(arrived_by, heights))
     return float(delays.mean()), float(np.quantile(delays, 0.99))
 
 
-def _time_at(cumulative: Rates, heights: Rates) -> Rates:
-    """When a nondecreasing piecewise-linear curve first reaches each height (heights > 0)."""
+def _time_at(cumulative: Rates, heights: Rates, rising_from: Rates | None = None) -> Rates:
+    """When a nondecreasing piecewise-linear curve first reaches each height (heights > 0); in
+    second i it rises from ``rising_from[i]`` (default 0) to the second's end."""
     after = np.searchsorted(cumulative, heights, side="left")
     before = after - 1
     rise = cumulative[after] - cumulative[before]
-    times: Rates = before + (heights - cumulative[before]) / rise
+    part = (heights - cumulative[before]) / rise
+    if rising_from is not None:
+        part = rising_from[before] + part * (1 - rising_from[before])
+    times: Rates = before + part
     return times
 
 
@@ -311,14 +373,14 @@ def kpa_policy(policy: scaling.ScalingPolicy) -> scaling.ScalingPolicy:
     utilization, bounds and GPU shape; every algorithm knob (windows, panic, rates, delays) at
     Knative's default."""
     keep = ("metric", "target", "target_utilization", "min_replicas", "max_replicas",
-            "gpus_per_replica", "gpu_resource")
+            "initial_scale", "gpus_per_replica", "gpu_resource")
     return scaling.ScalingPolicy(**{name: getattr(policy, name) for name in keep})
 
 
 def simulate(trace: traces.Trace, policy: scaling.ScalingPolicy, model: ReplicaModel,
              tick_s: int = 1) -> dict[str, Run]:
     """Run the four scalers on the trace; results by name: sluice, kpa, hpa, oracle."""
-    start = float(np.median(trace.rps[:WARMUP_RATE_S]))
+    start = 0.0 if trace.from_zero else float(np.median(trace.rps[:WARMUP_RATE_S]))
     arrivals = np.concatenate([np.full(WARMUP_S, start), trace.rps])
     plan = baselines.oracle_replicas(arrivals, model.capacity_rps, policy, model.replica_limit)
     instant = dataclasses.replace(model, cold_start_s=0.0)
@@ -351,13 +413,28 @@ def _following(plan: tuple[int, ...]) -> core.Decider[None]:
 
 def replica_model(trace: traces.Trace, policy: scaling.ScalingPolicy,
                   capacity: float | None = None, cold_start_s: float | None = None,
-                  gpus: int | None = None) -> ReplicaModel:
-    """The trace's replica model, the policy's capacity and GPU shape, and any overrides."""
+                  gpus: int | None = None, service_s: float | None = None) -> ReplicaModel:
+    """The trace's replica model, the policy's capacity and GPU shape, and any overrides. On
+    concurrency a replica serves the in-flight requests it aims for over the service time per
+    second; UsageError when neither the trace nor the override gives a service time."""
+    per_replica = policy.per_replica
+    service = None
+    if policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+        service = trace.service_s if service_s is None else service_s
+        if service is None:
+            raise UsageError("invalid policy for the simulator\nmetric: concurrency needs the "
+                             "requests' service time: --service-time SECONDS")
+        per_replica /= service
     return ReplicaModel(
-        capacity_rps=capacity or policy.per_replica,
+        capacity_rps=capacity or per_replica,
         cold_start_s=trace.cold_start_s if cold_start_s is None else cold_start_s,
         gpus_per_replica=policy.gpus_per_replica,
         gpu_inventory=trace.gpu_inventory if gpus is None else gpus,
+        service_s=service,
     )
 
 
+
+
+class UsageError(Exception):
+    """A bad policy, trace or option: printed, exit status 2."""

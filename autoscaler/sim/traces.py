@@ -41,6 +41,12 @@ class Trace:
     """GPUs this revision's replicas may use in total; None when not GPU-bound."""
     policy: str = "cpu.yaml"
     """The example policy (examples/policies/) the trace is benchmarked with."""
+    from_zero: bool = False
+    """The revision has idled at zero replicas before the trace, instead of serving the trace's
+    starting rate with the replicas it needs: the policy must allow zero (minReplicas: 0)."""
+    service_s: float | None = None
+    """Seconds a request is in flight at a replica, for a trace benchmarked with a policy on
+    concurrency; None for rps."""
 
     @property
     def duration_s(self) -> int:
@@ -105,9 +111,50 @@ def gpu(seed: int) -> Trace:
                  cold_start_s=120.0, gpu_inventory=40, policy="gpu.yaml")
 
 
+SCALE_TO_ZERO_POLICY = "cpu-scale-to-zero.yaml"
+"""The example policy of the traces that start from zero: cpu.yaml with minReplicas 0."""
+
+def zero_step(seed: int) -> Trace:
+    """A revision idle at zero replicas gets 600 rps at once for 10 min, then nothing for long
+    enough to scale to zero again: the first cold start's backlog, with the load behind it."""
+    rate = np.concatenate([np.zeros(60), np.full(600, 600.0), np.zeros(240)])
+    return Trace("zero-step", _arrivals(rate, seed),
+                 "idle at zero replicas, 600 rps at 1 min for 10 min, idle again",
+                 policy=SCALE_TO_ZERO_POLICY, from_zero=True)
+
+
+def zero_bursts(seed: int) -> Trace:
+    """Bursts of 100-1000 rps lasting 3-10 min, each after 3-8 min of nothing: every gap is
+    longer than the stable window and the grace period, so every burst starts from zero."""
+    return Trace("zero-bursts", _arrivals(_bursts_from_zero(seed), seed + 1),
+                 "bursts of 100-1000 rps for 3-10 min, each after 3-8 min idle at zero replicas",
+                 policy=SCALE_TO_ZERO_POLICY, from_zero=True)
+
+
+def zero_concurrency(seed: int) -> Trace:
+    """zero-bursts' bursts on a policy that scales on requests in flight: each request is in
+    flight 100 ms, so a replica aiming for 7 in flight serves 70 rps, as on the rps traces; the
+    first burst meets a revision that has never served, the later ones one that has."""
+    return Trace("zero-concurrency", _arrivals(_bursts_from_zero(seed), seed + 1),
+                 "zero-bursts' load, scaled on requests in flight (100 ms each)",
+                 policy="concurrency-scale-to-zero.yaml", from_zero=True, service_s=0.1)
+
+
+def _bursts_from_zero(seed: int) -> Rates:
+    rng = np.random.default_rng(seed)
+    rate = np.zeros(3600)
+    at = rng.uniform(30.0, 120.0)
+    while at < len(rate):
+        length = int(rng.integers(180, 601))
+        rate[int(at):int(at) + length] = rng.uniform(100.0, 1000.0)
+        at += length + rng.uniform(180.0, 480.0)
+    return rate
+
+
 BUNDLED: dict[str, Callable[[int], Trace]] = {
     "step": step, "spike": spike, "diurnal": diurnal, "bursty": bursty, "gpu": gpu,
-    "steady": steady,
+    "steady": steady, "zero-step": zero_step, "zero-bursts": zero_bursts,
+    "zero-concurrency": zero_concurrency,
 }
 """The bundled traces by name."""
 CONTROL = "steady"

@@ -4,12 +4,17 @@ Step from idle to X requests per second on an rps policy with target T per repli
 utilization 1): by the end of the hold, which is longer than the stable window plus a cold
 start, the revision runs ceil(X / T) ± 1 replicas, and every request succeeded, including the
 first ones, which arrived at zero replicas and waited in the router's buffer.
+
+Step from idle on concurrency with a model that takes seconds to load: the requests held during
+the cold start are a backlog to drain, not one more request in flight each, so the controller
+starts the replicas the load keeps busy, not one per held request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +54,19 @@ async def test_step_load_drives_replicas_to_target_with_no_failed_request(start_
     assert abs(seen[-1]["ready"] - expected) <= 1, seen[-1]
     assert abs(seen[-1]["desired"] - expected) <= 1, seen[-1]
     assert max(s["desired"] for s in seen) <= 2 * expected  # no runaway while it ramped
+
+
+def test_step_from_zero_on_concurrency_starts_what_the_load_needs_not_the_backlog(start_stack):
+    """40 users at 1 request/s of 20 ms keep about 0.8 in flight: one replica at one in flight
+    each, two at peaks. The 40 requests held while the first replica loads its model (2 s) used
+    to count as 40 in flight, and all 8 replicas were started within the first seconds."""
+    stack = start_stack([stack_revision(
+        command=[*MODEL_SERVER, "--latency", "0.02", "--startup-delay", "2"], maxReplicas=8)])
+    step = shapes.Step(idle_seconds=1, users=40, hold_seconds=20)
+    summary = run.run_locust(stack.url, step, 21, env={"SLUICE_USER_RPS": "1",
+                                                       "SLUICE_USER_PACING": "poisson"})
+
+    started = sorted(Path(stack.run_dir).glob("model-v1-*.log"))  # one per replica started
+    assert summary.requests > 0.8 * 40 * 20
+    assert summary.failures == 0, summary.status_codes
+    assert 1 <= len(started) <= 4, started

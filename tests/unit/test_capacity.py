@@ -186,8 +186,11 @@ def test_free_gpus_caps_the_decider(nodes, pods, wanted_by_demand, desired):
     policy = scaling.ScalingPolicy(metric="concurrency", target=1, target_utilization=1,
                                    gpus_per_replica=2, min_replicas=0)
     free = capacity.capacity(nodes, pods, TWO_GPUS, []).free_gpus
-    inputs = decider.ScalingInputs(now=0.0, value=0.0, in_flight=wanted_by_demand,
-                                   buffered=wanted_by_demand, free_gpus=free)
-    decision, _ = decider.decide(inputs, decider.DeciderState(), policy)
+    # A revision that has served before (its service time is known) with that many requests
+    # in flight at its replicas, measured.
+    inputs = decider.ScalingInputs(now=0.0, value=float(wanted_by_demand),
+                                   in_flight=wanted_by_demand, arrivals=float(wanted_by_demand),
+                                   free_gpus=free)
+    decision, _ = decider.decide(inputs, decider.DeciderState(service_s=1.0), policy)
     assert decision.desired == desired
     assert (decider.Condition.CAPACITY_LIMITED in decision.conditions) is (desired < 6)

@@ -341,7 +341,8 @@ async def test_a_stale_backlog_expires_and_drives_nothing():
     control, routers, clock = new_core()
     replicas = MemoryReplicas()
     control.upsert(target(maxReplicas=6), replicas)
-    routers.loads[("model", "v1")] = ports.RevisionLoad(buffered=20)
+    routers.loads[("model", "v1")] = ports.RevisionLoad(concurrency=6.0, inflight=6, rps=60,
+                                                        buffered=20)
     await control.tick()
     assert replicas.desired == 6
     replicas.become_ready()

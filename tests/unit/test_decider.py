@@ -40,6 +40,11 @@ AT_ZERO = decider.DeciderState(reached_initial_scale=True)
 """A revision that has scaled to zero before: no history, nothing to start with."""
 
 
+def served_before(value, service_s):
+    """``settled(value)`` for a revision that has served before: its service time is known."""
+    return dataclasses.replace(settled(value), service_s=service_s)
+
+
 @pytest.mark.parametrize(
     ("the_policy", "state", "inputs", "sluice", "kpa", "conditions"),
     [
@@ -76,8 +81,25 @@ AT_ZERO = decider.DeciderState(reached_initial_scale=True)
             2, 1, {Condition.ACTIVATING, Condition.PANICKING},
             id="rps-backlog-drained-within-panic-window"),
         pytest.param(
-            policy(), settled(0), decider.ScalingInputs(now=60, value=0, buffered=70, ready=1),
-            10, 2, {Condition.PANICKING}, id="concurrency-backlog-counts-at-once"),
+            policy(), settled(0),
+            decider.ScalingInputs(now=60, value=7, buffered=70, ready=1),
+            11, 2, {Condition.PANICKING}, id="backlog-while-replicas-serve-counts-at-once"),
+        pytest.param(
+            policy(), settled(0),
+            decider.ScalingInputs(now=60, value=0, buffered=70, arrivals=70, starting=1),
+            1, 2, set(), id="cold-start-backlog-waits-for-a-replica-to-serve"),
+        pytest.param(
+            policy(), served_before(0, 0.05),
+            decider.ScalingInputs(now=60, value=0, buffered=70, arrivals=70, starting=1),
+            1, 2, set(), id="cold-start-backlog-of-short-requests-is-drained-by-one"),
+        pytest.param(
+            policy(), served_before(0, 0.5),
+            decider.ScalingInputs(now=60, value=0, buffered=70, arrivals=70, starting=1),
+            5, 2, {Condition.PANICKING}, id="cold-start-arrivals-of-long-requests-count-at-once"),
+        pytest.param(
+            policy(), served_before(0, 0.05),
+            decider.ScalingInputs(now=60, value=0, buffered=1400, arrivals=1400, starting=1),
+            10, 34, {Condition.PANICKING}, id="surge-of-arrivals-counts-at-once"),
         pytest.param(
             policy(metric="rps"), settled(0),
             decider.ScalingInputs(now=1000, value=0, in_flight=1, ready=1),
@@ -140,18 +162,22 @@ def test_cold_start_is_learned_as_an_ewma():
     assert learned == [None, 10.0, 10.0, pytest.approx(0.3 * 20 + 0.7 * (0.3 * 20 + 0.7 * 10))]
 
 
-@pytest.mark.parametrize("decide", DECIDERS)
-def test_worked_example_of_the_module_docstring(decide):
-    state = AT_ZERO
+@pytest.mark.parametrize(("decide", "service_s", "expected"), [
+    pytest.param(decider.kpa_decide, None, [3, 5, 8, 10, 12, 15], id="kpa"),
+    pytest.param(decider.decide, None, [1] * 6, id="sluice-never-served"),
+    pytest.param(decider.decide, 0.5, [8] * 6, id="sluice-served-before"),
+])
+def test_worked_example_of_the_module_docstring(decide, service_s, expected):
+    state = dataclasses.replace(AT_ZERO, service_s=service_s)
     for now in range(60):
         _, state = decide(decider.ScalingInputs(now=now, value=0), state, policy())
     counts, starting = [], 0
     for now in range(60, 66):
-        inputs = decider.ScalingInputs(now=now, value=0, buffered=100, starting=starting)
+        inputs = decider.ScalingInputs(now=now, value=0, buffered=100, starting=starting,
+                                       arrivals=100 if now == 60 else 0)
         decision, state = decide(inputs, state, policy())
         counts.append(decision.desired)
         starting = decision.desired
-    expected = {"decide": [15] * 6, "kpa_decide": [3, 5, 8, 10, 12, 15]}[decide.__name__]
     assert counts == expected
 
 
@@ -176,6 +202,55 @@ def test_panic_ends_after_the_load_has_clearly_dropped(decide, last_panicking):
             counts.append(decision.desired)
     assert panicking == list(range(60, last_panicking + 1))
     assert counts == sorted(counts), "a panicking decider never scales down"
+
+
+@pytest.mark.parametrize(("decide", "panicking", "last_two"), [
+    pytest.param(decider.kpa_decide, range(60, 120), 119, id="kpa"),
+    # A cold start (3 s) is shorter than the panic window (6 s): panic for the panic window.
+    pytest.param(decider.decide, range(60, 66), 72, id="sluice"),
+])
+def test_a_blip_holds_a_fast_starting_replica_for_a_cold_start_not_a_stable_window(
+        decide, panicking, last_two):
+    """A level of 6.5 in flight, one replica's worth, with one tick at 14: the panic asks for a
+    second replica, which restarts in 3 s; holding it a minute costs more than that."""
+    history = tuple(decider.Sample(float(at), 6.0 if at % 2 else 7.0, 0.0) for at in range(60))
+    state = decider.DeciderState(history=history, last_demand_at=59.0, cold_start_s=3.0,
+                                 reached_initial_scale=True)
+    ready, seen = 1, {}
+    for now in range(60, 140):
+        value = 14.0 if now == 60 else (6.0 if now % 2 else 7.0)
+        decision, state = decide(decider.ScalingInputs(now=now, value=value, ready=ready), state,
+                                 policy())
+        seen[now], ready = decision, decision.desired
+    assert [t for t, d in seen.items() if Condition.PANICKING in d.conditions] == list(panicking)
+    assert max(t for t, d in seen.items() if d.desired == 2) == last_two
+
+
+@pytest.mark.parametrize(("decide", "panicking_at_66"), [
+    pytest.param(decider.kpa_decide, True, id="kpa"),
+    pytest.param(decider.decide, False, id="sluice"),
+])
+def test_a_panic_on_a_cold_start_backlog_ends_when_nothing_waits(decide, panicking_at_66):
+    """300 rps at a revision at zero with a 5 s cold start: sluice buys the load and the drain
+    of what waits, and once the replicas are ready and nothing waits, only the load."""
+    state = dataclasses.replace(settled(0), cold_start_s=5.0)
+    ready = starting = buffered = 0
+    counts = []
+    for now in range(60, 70):
+        if now == 66:
+            ready, starting, buffered = ready + starting, 0, 0
+        elif now < 66:
+            buffered += 300
+        inputs = decider.ScalingInputs(now=now, value=300, buffered=buffered, ready=ready,
+                                       starting=starting)
+        decision, state = decide(inputs, state, policy(metric="rps", target=100))
+        starting = decision.desired - ready if now < 66 else 0
+        counts.append(decision.desired)
+        if now == 66:
+            assert (Condition.PANICKING in decision.conditions) == panicking_at_66
+    assert counts[-1] == math.ceil(300 / 70)
+    if decide is decider.decide:
+        assert counts[:6] == [9] * 6  # the load and the drain of what waits
 
 
 @pytest.mark.parametrize("decide", DECIDERS)
@@ -214,16 +289,21 @@ def test_restarted_decider_holds_the_current_count_for_a_stable_window(decide):
 class FakeRevision:
     """Replicas that become ready ``cold_start_s`` after they are launched, serving a closed-loop
     load: ``load`` requests want service at once, at most ``limit`` per ready replica, and the rest
-    wait in the router buffer. GPUs, when given, are held from launch on."""
+    wait in the router buffer. GPUs, when given, are held from launch on. With ``service_s`` the
+    routers also report arrivals: each request served is followed by the next after
+    ``service_s``, and a rise of the load arrives at once."""
 
     cold_start_s: float
     ready_at_start: int = 0
     limit: int = 10
     gpus: int | None = None
     gpus_per_replica: int = 0
+    service_s: float | None = None
     launched_at: list[float] = dataclasses.field(default_factory=list)
     launches: int = 0
     cancellations: int = 0
+    last: tuple[float, float] = (0.0, 0.0)
+    """(load, served) at the previous observation."""
 
     def __post_init__(self):
         self.launched_at = [-math.inf] * self.ready_at_start
@@ -235,10 +315,14 @@ class FakeRevision:
         free = None
         if self.gpus is not None:
             free = max(0, self.gpus - self.gpus_per_replica * len(self.launched_at))
+        arrivals = None
+        if self.service_s is not None:
+            arrivals = self.last[1] / self.service_s + max(0.0, load - self.last[0])
+        self.last = (load, served)
         return decider.ScalingInputs(
             now=now, value=served, buffered=math.ceil(load - served), in_flight=math.ceil(served),
             ready=len(ready), starting=len(self.launched_at) - len(ready), free_gpus=free,
-            cold_starts=tuple(self.cold_start_s for _ in became_ready),
+            cold_starts=tuple(self.cold_start_s for _ in became_ready), arrivals=arrivals,
         )
 
     def scale(self, now, desired):
@@ -278,13 +362,24 @@ def test_step_up_settles_on_the_target_within_the_stable_window(decide):
     assert max(d.desired for d in decisions.values()) <= 11
 
 
-def test_burst_with_slow_starts_launches_replicas_once():
+LONG_REQUESTS = dataclasses.replace(AT_ZERO, service_s=30.0)
+"""A revision at zero that has served before, and learned that a request is in flight 30 s."""
+
+
+@pytest.mark.parametrize(("state", "service_s", "first_full"), [
+    # Before any replica has served, what a request weighs is unknown: the first replica
+    # starts, and once it serves (t=120) the backlog still waiting counts one in flight each.
+    pytest.param(AT_ZERO, None, 120, id="never-served"),
+    # A revision that has served knows: the burst's arrivals make 100 in flight at once.
+    pytest.param(LONG_REQUESTS, 30.0, 60, id="served-before"),
+])
+def test_burst_with_slow_starts_launches_replicas_once(state, service_s, first_full):
     def burst(t):
         return 0 if t < 60 else (100 if (t // 5) % 2 == 0 else 80)
 
-    revision = FakeRevision(cold_start_s=60)
-    decisions = run(decider.decide, policy(), revision, burst, 400)
-    assert decisions[60].desired == math.ceil(100 / 7)
+    revision = FakeRevision(cold_start_s=60, service_s=service_s)
+    decisions = run(decider.decide, policy(), revision, burst, 400, state=state)
+    assert min(t for t, d in decisions.items() if d.desired >= 15) == first_full
     assert revision.launches == math.ceil(100 / 7)
     assert revision.cancellations == 0
 
@@ -292,8 +387,8 @@ def test_burst_with_slow_starts_launches_replicas_once():
 def test_burst_reaches_its_count_sooner_than_kpa():
     first_full = {}
     for decide in (decider.decide, decider.kpa_decide):
-        decisions = run(decide, policy(), FakeRevision(cold_start_s=60),
-                        lambda t: 0 if t < 60 else 100, 120)
+        decisions = run(decide, policy(), FakeRevision(cold_start_s=60, service_s=30.0),
+                        lambda t: 0 if t < 60 else 100, 120, state=LONG_REQUESTS)
         first_full[decide] = min(t for t, d in decisions.items() if d.desired >= 15)
     assert first_full[decider.decide] == 60
     assert first_full[decider.kpa_decide] >= 65
@@ -309,9 +404,9 @@ def test_idle_revision_goes_to_zero_after_stable_window_and_grace(decide):
 
 
 def test_gpu_bound_revision_stops_at_capacity_and_says_so():
-    revision = FakeRevision(cold_start_s=60, gpus=8, gpus_per_replica=2)
+    revision = FakeRevision(cold_start_s=60, gpus=8, gpus_per_replica=2, service_s=30.0)
     decisions = run(decider.decide, policy(gpus_per_replica=2), revision,
-                    lambda t: 0 if t < 10 else 100, 200)
+                    lambda t: 0 if t < 10 else 100, 200, state=LONG_REQUESTS)
     assert revision.launches == 4
     assert revision.cancellations == 0
     assert all(Condition.CAPACITY_LIMITED in decisions[t].conditions for t in range(10, 200))
@@ -323,6 +418,85 @@ def test_kpa_ignores_gpu_capacity():
     run(decider.kpa_decide, policy(gpus_per_replica=2), revision, lambda t: 0 if t < 10 else 100,
         200)
     assert revision.launches == math.ceil(100 / 7)
+
+
+@dataclasses.dataclass
+class Users:
+    """``users`` clients from t=0 on, each sending one request a second that a replica serves in
+    ``service_s``, and sending no other while one waits (locust's constant_throughput): the
+    step from zero of the issue that made the backlog a drain. The router holds the requests
+    while no replica is ready and releases them all to the first; replicas are ready
+    ``cold_start_s`` after launch. A tick at ``now`` sees the second before it."""
+
+    users: int
+    service_s: float
+    cold_start_s: float
+    launched_at: list[float] = dataclasses.field(default_factory=list)
+
+    def observe(self, now, _load=None):
+        ready = [t for t in self.launched_at if now - t >= self.cold_start_s]
+        became_ready = [t for t in ready if now - 1 - t < self.cold_start_s]
+        if not ready:  # every user sent one request in the first second, and waits
+            return decider.ScalingInputs(
+                now=now, value=0, buffered=self.users, arrivals=self.users if now == 0 else 0,
+                starting=len(self.launched_at))
+        in_flight = self.users * self.service_s
+        if len(became_ready) == len(ready):  # released: the backlog, then each user's next
+            in_flight *= 2
+        return decider.ScalingInputs(
+            now=now, value=in_flight, arrivals=self.users, in_flight=math.ceil(in_flight),
+            ready=len(ready), starting=len(self.launched_at) - len(ready),
+            cold_starts=tuple(self.cold_start_s for _ in became_ready))
+
+    def scale(self, now, desired):
+        self.launched_at += [now] * (desired - len(self.launched_at))
+        del self.launched_at[desired:]
+
+
+ISSUE_POLICY = scaling.ScalingPolicy(metric="concurrency", target=1, target_utilization=1.0,
+                                     max_replicas=8)
+"""The policy of the issue: one request in flight per replica, at most 8."""
+
+
+@pytest.mark.parametrize(("decide", "peak"), [
+    pytest.param(decider.decide, 1, id="sluice"),
+    pytest.param(decider.kpa_decide, 8, id="kpa"),
+])
+def test_step_from_zero_buys_what_the_load_needs_not_the_backlog(decide, peak):
+    """40 users of 20 ms requests keep 0.8 in flight: one replica. The 40 requests held during
+    the 3 s cold start are 0.8 s of one replica's work, not 40 in flight."""
+    users = Users(users=40, service_s=0.02, cold_start_s=3)
+    decisions = run(decide, ISSUE_POLICY, users, lambda t: 0, 60)
+    assert max(d.desired for d in decisions.values()) == peak
+    replica_s = sum(d.desired for d in decisions.values())
+    if decide is decider.decide:
+        assert replica_s <= 1.5 * 60
+
+
+@pytest.mark.parametrize(("state", "asked_at"), [
+    # Never served: what a request weighs is known once the first replica serves (t=3).
+    pytest.param(AT_ZERO, 3, id="never-served"),
+    # Served before: the first second's 400 arrivals make 8 in flight at once.
+    pytest.param(dataclasses.replace(AT_ZERO, service_s=0.02), 0, id="served-before"),
+])
+def test_surge_from_zero_reaches_the_count_it_needs(state, asked_at):
+    """400 users of 20 ms requests keep 8 in flight: 8 replicas, asked for as soon as the
+    load can be told from a one-off backlog, and ready one cold start later."""
+    users = Users(users=400, service_s=0.02, cold_start_s=3)
+    decisions = run(decider.decide, ISSUE_POLICY, users, lambda t: 0, 60, state=state)
+    assert min(t for t, d in decisions.items() if d.desired == 8) == asked_at
+    assert {d.desired for t, d in decisions.items() if t > asked_at + 3} == {8}
+
+
+def test_service_time_is_learned_once_a_replica_serves():
+    """In flight over the requests that went to replicas: at the tick the first replica takes
+    the backlog, the 40 released requests and the 40 new ones (Little's law)."""
+    users, state, learned = Users(users=40, service_s=0.02, cold_start_s=3), AT_ZERO, []
+    for now in range(10):
+        decision, state = decider.decide(users.observe(now), state, ISSUE_POLICY)
+        users.scale(now, decision.desired)
+        learned.append(state.service_s)
+    assert learned == [None] * 3 + [pytest.approx(0.02)] * 7
 
 
 def test_rising_load_is_met_one_cold_start_ahead():
@@ -343,13 +517,14 @@ def test_rising_load_is_met_one_cold_start_ahead():
 
 observations = st.fixed_dictionaries({
     "dt": st.floats(0.1, 10),
-    "value": st.floats(0, 1000),
-    "buffered": st.integers(0, 300),
+    "value": st.just(0.0) | st.floats(0, 1000),
+    "buffered": st.just(0) | st.integers(0, 300),
     "in_flight": st.integers(0, 100),
-    "ready": st.integers(0, 40),
+    "ready": st.just(0) | st.integers(0, 40),
     "starting": st.integers(0, 20),
     "free_gpus": st.none() | st.integers(0, 40),
     "cold_starts": st.lists(st.floats(0, 600), max_size=2).map(tuple),
+    "arrivals": st.none() | st.floats(0, 1000),
 })
 
 
@@ -415,7 +590,7 @@ def test_desired_is_always_within_bounds_and_never_zero_with_work(decide, the_po
 
 
 @pytest.mark.parametrize("decide", DECIDERS)
-@pytest.mark.parametrize("load", ["value", "buffered"])
+@pytest.mark.parametrize("load", ["value", "buffered", "arrivals"])
 @settings(max_examples=150, deadline=None)
 @given(
     the_policy=policies(),
@@ -426,6 +601,8 @@ def test_desired_is_always_within_bounds_and_never_zero_with_work(decide, the_po
 def test_more_load_never_gives_fewer_replicas(decide, load, the_policy, trace, last, more):
     _, state, now = replay(decide, the_policy, trace)
     less = inputs_at(now + last["dt"], last)
+    if getattr(less, load) is None:  # unknown arrivals: compare with none measured
+        less = dataclasses.replace(less, **{load: 0.0})
     heavier = dataclasses.replace(less, **{load: getattr(less, load) + more})
     fewer, _ = decide(less, state, the_policy)
     assert decide(heavier, state, the_policy)[0].desired >= fewer.desired

@@ -34,6 +34,10 @@ def simulate_(rates, the_policy=None, **replica_model):
     return model.simulate(the_trace, the_policy, model.replica_model(the_trace, the_policy))
 
 
+def scale_to_zero(**overrides):
+    return policy(min_replicas=0, **overrides)
+
+
 SCALERS = ("sluice", "kpa", "hpa")
 
 
@@ -75,6 +79,84 @@ def test_replicas_become_ready_one_cold_start_after_they_are_asked_for():
     assert run.series.desired[30] == 2 < run.series.desired[31]
     assert run.series.ready[50] == 2 < run.series.ready[51]
     assert run.series.billed[31] == run.series.desired[31]
+
+
+@pytest.mark.parametrize("name", (*SCALERS, "oracle"))
+def test_a_trace_from_zero_starts_at_zero_replicas_after_idling(name):
+    runs = simulate_([0] * 30 + [400] * 120, scale_to_zero(), from_zero=True)
+    # The HPA cannot go below one replica; every other scaler idles at zero until the load.
+    assert set(runs[name].series.desired[:30]) == ({1} if name == "hpa" else {0})
+    assert runs[name].series.ready[-1] == math.ceil(400 / CAPACITY)
+
+
+def test_the_first_request_at_zero_starts_a_replica_within_its_second():
+    """As the router's poke does: the replica is asked for when the request arrives (second
+    30), not at the tick that ends the second, and is ready a cold start later."""
+    run = simulate_([0] * 30 + [40] * 60, scale_to_zero(), from_zero=True,
+                    cold_start_s=5)["sluice"]
+    assert run.series.desired[29:31] == [0, 1]
+    assert run.series.billed[30] == 1
+    assert run.series.ready[34:36] == [0, 1]
+
+
+def test_a_replica_serves_the_part_of_the_second_it_is_ready_in():
+    """A 2.5 s cold start from second 30: ready halfway through second 32, which it serves half
+    of (35 of 70 requests), and ready when the scaler looks at that second's end."""
+    run = simulate_([0] * 30 + [40] * 60, scale_to_zero(), from_zero=True,
+                    cold_start_s=2.5)["sluice"]
+    assert run.series.ready[31:34] == [0, 0, 1]
+    queued = run.series.queue
+    assert queued[31] - queued[32] == pytest.approx(35.0 - 40.0)
+
+
+def test_requests_held_at_zero_leave_when_the_replica_is_ready_not_at_its_second():
+    """10 requests spread over second 30 wait for a replica ready at 32.5 that serves them in
+    the half second left: the n-th (of 10) arrives at 30 + n/10 and leaves at 32.5 + n/20."""
+    run = simulate_([0] * 30 + [10] + [0] * 30, scale_to_zero(), from_zero=True,
+                    cold_start_s=2.5)["sluice"]
+    assert run.metrics.mean_delay_s == pytest.approx(2.25, abs=0.01)
+    assert run.metrics.p99_delay_s == pytest.approx(2.5, abs=0.01)
+
+
+def test_from_zero_warm_up_is_idle_whatever_the_trace_starts_with():
+    runs = simulate_([400] * 120, scale_to_zero(), from_zero=True)
+    assert runs["sluice"].series.ready[0] == 0
+    assert runs["sluice"].metrics.slo_violation_s > 0  # the first cold start waits
+
+
+SERVICE_S = 0.1
+"""Requests in flight 100 ms: a replica aiming for 7 in flight (10 at 70 %) serves 70 rps."""
+
+
+def test_concurrency_capacity_is_the_in_flight_aim_over_the_service_time():
+    the_trace = trace([100] * 10, service_s=SERVICE_S)
+    replicas = model.replica_model(the_trace, policy(metric="concurrency", target=10))
+    assert (replicas.capacity_rps, replicas.service_s) == (pytest.approx(70.0), SERVICE_S)
+
+
+def test_concurrency_policy_follows_the_load_like_rps():
+    runs = simulate_([100] * 60 + [400] * 300, policy(metric="concurrency", target=10),
+                     service_s=SERVICE_S)
+    # The HPA is left out: it scaled for the step's backlog and holds that for 300 s.
+    for name in ("sluice", "kpa", "oracle"):
+        assert runs[name].series.desired[-1] == math.ceil(400 / CAPACITY), name
+
+
+def test_concurrency_from_zero_buys_the_load_not_the_cold_start_backlog():
+    """A step from zero on requests in flight: the requests held during the cold start are a
+    backlog to drain, not all in flight at once, as the KPA counts them (Knative's activator
+    reports held requests as concurrency)."""
+    runs = simulate_([0] * 30 + [400] * 300, scale_to_zero(metric="concurrency", target=10),
+                     from_zero=True, service_s=SERVICE_S)
+    oracle = runs["oracle"].metrics.replica_seconds
+    assert runs["sluice"].metrics.replica_seconds <= 1.15 * oracle
+    assert runs["kpa"].metrics.replica_seconds > 1.5 * oracle
+    assert runs["sluice"].series.ready[-1] == math.ceil(400 / CAPACITY)
+
+
+def test_concurrency_policy_needs_a_service_time():
+    with pytest.raises(model.UsageError, match="--service-time"):
+        model.replica_model(trace([100]), policy(metric="concurrency", target=10))
 
 
 def test_requests_are_conserved():
@@ -191,7 +273,9 @@ def files(tmp_path):
     [
         pytest.param("metric: rps\ntarget: -1\n", "target:", id="bad-value"),
         pytest.param("metric: rps\ntargt: 100\n", "targt:", id="unknown-field"),
-        pytest.param("metric: concurrency\n", "metric:", id="not-rps"),
+        pytest.param("metric: concurrency\n", "metric: concurrency needs the requests' "
+                     "service time", id="concurrency-without-service-time"),
+        pytest.param("metric: custom:kv\ntarget: 1\n", "metric:", id="custom-signal"),
         pytest.param("- metric\n", "a policy is a mapping", id="not-a-mapping"),
     ],
 )
@@ -218,13 +302,33 @@ def test_json_reports_every_scaler_and_plot_is_a_png(files, capsys):
     assert report["trace"] == {"name": "load", "description": "load.csv: 4 rows",
                                "duration_s": 180}
     assert report["replica_model"] == {"capacity_rps": 70.0, "cold_start_s": 10.0,
-                                       "gpus_per_replica": 0, "gpu_inventory": None}
+                                       "gpus_per_replica": 0, "gpu_inventory": None,
+                                       "service_s": None}
     assert list(report["results"]) == ["sluice", "kpa", "hpa", "oracle"]
     for metrics in report["results"].values():
         assert set(metrics) == {
             "replica_seconds", "slo_violation_s", "queued_s", "mean_delay_s", "p99_delay_s",
             "scale_events", "peak_replicas", "arrived", "served", "queued_at_end"}
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_from_zero_and_service_time_options_replay_a_csv_on_concurrency(files, capsys):
+    (files / "policy.yaml").write_text("metric: concurrency\ntarget: 1\ntargetUtilization: 1\n"
+                                       "minReplicas: 0\n")
+    argv = ["--policy", str(files / "policy.yaml"), "--trace", str(files / "load.csv"),
+            "--from-zero", "--service-time", "0.02", "--cold-start", "3", "--json"]
+    assert sim_cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["replica_model"]["capacity_rps"] == pytest.approx(50.0)
+    assert report["results"]["sluice"]["slo_violation_s"] > 0  # it waited for a cold start
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-1"])
+def test_service_time_must_be_within_a_step(files, capsys, value):
+    argv = ["--policy", str(files / "policy.yaml"), "--trace", "step", "--service-time", value]
+    with pytest.raises(SystemExit):
+        sim_cli.main(argv)
+    assert "--service-time" in capsys.readouterr().err
 
 
 def test_table_names_every_scaler(files, capsys):
