@@ -93,6 +93,7 @@ class Settings:
     parallelism: int = 0
     revision: str = ""
     drain_timeout: float = 30.0
+    shutdown_delay: float = 0.0
 
 
 class BadRequest(Exception):
@@ -548,6 +549,11 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--drain-timeout", type=_non_negative_float,
                         default=_env("DRAIN_TIMEOUT", "30"),
                         help="seconds in-flight requests get to finish after SIGTERM")
+    parser.add_argument("--shutdown-delay", type=_non_negative_float,
+                        default=_env("SHUTDOWN_DELAY", "0"),
+                        help="seconds it keeps serving after SIGTERM (not ready) before it "
+                             "closes, as a preStop sleep gives a pod: time for the routers to "
+                             "drop it from their tables")
     args = parser.parse_args(argv)
     return Settings(**vars(args))
 
@@ -580,6 +586,9 @@ async def serve(settings: Settings) -> None:
 
     loading.cancel()
     server.ready = False
+    if settings.shutdown_delay:
+        log(f"stopping in {settings.shutdown_delay:g} s: serving, not ready, meanwhile")
+        await asyncio.sleep(settings.shutdown_delay)
     log(f"stopping: draining {server.inflight} in-flight request(s)")
     # Closes the listener first, then waits up to drain_timeout for in-flight handlers.
     await runner.cleanup()

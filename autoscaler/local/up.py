@@ -154,12 +154,15 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path, tag: str | None = Non
                        token.well_known_path(spec.controller.listen)]
         token.write(control_token, token_files)
         resources.callback(token.remove, control_token, token_files)
+        loop_task = await resources.enter_async_context(core.running(control))
+        # Up (its status answering) only once the router's pokes reach the core: a request at
+        # zero from then on starts a replica at once, not at the next tick.
+        await router_client.subscribed(router_process.READY_S)
         status_site = await _serve_status(control, rollouts, router, control_token,
                                           spec.controller.listen)
         resources.push_async_callback(status_site.cleanup)
         console.say(f"sluice up: router http://{spec.router.listen}  admin {admin}  status "
                     f"http://{spec.controller.listen}/status  logs {run_dir}  (Ctrl-C stops)")
-        loop_task = await resources.enter_async_context(core.running(control))
         stop_wait = asyncio.create_task(stopping.wait())
         await asyncio.wait([loop_task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()

@@ -68,6 +68,8 @@ class RouterClient:
         self._session = session
         self._clock = clock
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._following: set[str] = set()
+        """Routers whose poke stream is open now."""
         self._on_poke: ports.PokeHandler | None = None
         self._histories: dict[str, collections.deque[tuple[float, Histograms]]] = {}
         """Per router: (time, cumulative latency histograms) over the last P99_WINDOW_S,
@@ -182,6 +184,7 @@ class RouterClient:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with self._session.get(url + "/events",
                                              timeout=self.EVENTS_TIMEOUT) as response:
+                    self._following.add(url)
                     async for line in response.content:
                         if not line.strip():
                             continue
@@ -192,7 +195,18 @@ class RouterClient:
                                            url, line)
                             continue
                         on_poke(poke)
+            self._following.discard(url)
             await asyncio.sleep(RECONNECT_S)
+
+    async def subscribed(self, timeout_s: float) -> bool:
+        """Wait until every router's poke stream is open (False if not within ``timeout_s``):
+        a poke fired before that is lost."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not set(self.admin_urls) <= self._following:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _stats(self, url: str, *, raw: bool) -> wire.Stats:
         async with self._session.get(url + ("/stats?raw=1" if raw else "/stats"),

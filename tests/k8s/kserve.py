@@ -102,9 +102,12 @@ def predictor_labels(isvc_name: str) -> dict[str, str]:
 
 
 def model_server_command(model_name: str, *args: str) -> list[str]:
-    """The process kubelet's command for examples/model_server.py on the pod's IP and port."""
+    """The process kubelet's command for examples/model_server.py on the pod's IP and port. It
+    keeps serving for a second after SIGTERM, as a preStop sleep would: the kubelet signals a
+    deleted pod at the moment the controller sees it deleted, and the routers need that moment
+    to drop it from their tables (the README says: give predictors a preStop sleep)."""
     return ["{python}", MODEL_SERVER, "--host", "{ip}", "--port", "{port}",
-            "--model-name", model_name, "--drain-timeout", "1", *args]
+            "--model-name", model_name, "--drain-timeout", "1", "--shutdown-delay", "1", *args]
 
 
 def predictor_deployment(isvc: dict[str, Any], *, replicas: int = 1, gpus: int = 0,

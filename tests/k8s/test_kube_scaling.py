@@ -123,7 +123,7 @@ async def test_gpu_capacity_caps_desired_leaves_nothing_pending_and_a_new_node_s
                 "status") == "True", timeout_s=TIMEOUT_S, what="CapacityLimited")
             status = cluster.policy_status("fraud-v1")
             assert status["desired"] == 4, status
-            assert "hold 4 replicas of the 8 wanted" in cluster.condition(
+            assert "free GPUs hold 4 replicas" in cluster.condition(
                 "fraud-v1", "CapacityLimited")["message"]
             await waiting.eventually(lambda: sum(map(running, cluster.pods(predictors))) == 4,
                           timeout_s=TIMEOUT_S, what="4 predictor pods running")
