@@ -20,7 +20,8 @@ SUBCOMMANDS = {
                    "run the controller on a Kubernetes cluster (kubeconfig or in-cluster)"),
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.sim.cli:main", "replay a traffic trace against a scaling policy"),
-    "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),
+    "manifests": ("autoscaler.manifests:main",
+                  "generate Kubernetes manifests: the CRDs, a router beside an InferenceService"),
 }
 
 

@@ -4,6 +4,7 @@ token of manifests/rbac, routers as process pods, and the objects a user writes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -213,3 +214,35 @@ def router_deployment(service: str, table_file: Path, token: str = ROUTER_TOKEN,
                                        {"name": "admin", "containerPort": 8081}],
                              "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8081},
                                                 "periodSeconds": 1}}]}}}}
+
+
+def process_router(deployment: dict[str, Any], config_map: dict[str, Any], work_dir: Path,
+                   token: str = ROUTER_TOKEN) -> dict[str, Any]:
+    """A router Deployment written by ``sluice manifests router``, its pods run by the process
+    kubelet: the same labels, ports, probes and arguments, with what only a real kubelet does
+    done here (the ConfigMap's table as a file, ``$(POD_IP)`` and the Secret's token filled
+    in) and kwok's node taint tolerated. The data port binds the pod IP, not 0.0.0.0: every
+    pod here shares the machine's loopback."""
+    from tests.k8s import process_kubelet
+
+    deployment = copy.deepcopy(deployment)
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/sluice"]
+    files = work_dir / mount["name"]
+    files.mkdir(exist_ok=True)
+    for name, text in config_map["data"].items():
+        (files / name).write_text(text)
+    args = [arg.replace(mount["mountPath"], str(files)).replace("$(POD_IP)", "{ip}")
+            .replace("0.0.0.0:", "{ip}:") for arg in container["args"]]
+    assert container["command"][0] == "sluice"
+    command = ["{python}", "-m", "autoscaler.cli", *container["command"][1:], *args]
+    for variable in container["env"]:
+        if "secretKeyRef" in variable.get("valueFrom", {}):
+            variable.pop("valueFrom")
+            variable["value"] = token
+    template["metadata"]["labels"][process_kubelet.PROCESS_LABEL] = "true"
+    template["metadata"].setdefault("annotations", {})[process_kubelet.COMMAND_ANNOTATION] = \
+        json.dumps(command)
+    template["spec"].update(KWOK_SCHEDULING)
+    return deployment
