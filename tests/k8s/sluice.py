@@ -103,10 +103,12 @@ def rbac_documents(namespace: str) -> list[dict[str, Any]]:
 
 
 class ControllerProcess:
-    """``sluice controller -n NAMESPACE`` as a subprocess, authenticated as the ServiceAccount
-    that manifests/rbac binds: whatever it does, those permissions allow."""
+    """``sluice controller -n NAMESPACE`` (or ``-A`` with ``all_namespaces``, its account still
+    in NAMESPACE) as a subprocess, authenticated as the ServiceAccount that manifests/rbac
+    binds: whatever it does, those permissions allow."""
 
-    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str) -> None:
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str,
+                 all_namespaces: bool = False) -> None:
         from kubernetes import utils
 
         from tests import procs
@@ -131,7 +133,8 @@ class ControllerProcess:
         }))
         self.health_port = procs.free_port()
         self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
-                     str(self.kubeconfig), "-n", namespace, "--health-listen",
+                     str(self.kubeconfig), *(["-A"] if all_namespaces else ["-n", namespace]),
+                     "--health-listen",
                      f"127.0.0.1:{self.health_port}", *args]
         self.proc: Any = None
         self.start()
