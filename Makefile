@@ -47,7 +47,7 @@ integration: $(STAMP)
 k8s: $(STAMP) test-cluster
 	$(BIN)/pytest tests/k8s
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps test-cluster
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md
 
 up: $(RUNTIME)

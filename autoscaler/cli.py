@@ -21,7 +21,8 @@ SUBCOMMANDS = {
     "router": ("router.main:main", "run the data plane proxy and its admin API"),
     "simulate": ("autoscaler.sim.cli:main", "replay a traffic trace against a scaling policy"),
     "loadtest": ("loadtests.loadtest:main", "run a load scenario, judge it, write a report"),
-    "manifests": ("autoscaler.manifests:main", "generate Kubernetes CRDs from the policy models"),
+    "manifests": ("autoscaler.manifests:main",
+                  "generate Kubernetes manifests: the CRDs, a router beside an InferenceService"),
 }
 
 

@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -581,7 +582,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loading = asyncio.create_task(server.load_model(lambda: log(f"ready on http://{url_host}:{port}")))
+    # The wall-clock moment it became ready, for measuring what a cold start costs after it.
+    loading = asyncio.create_task(server.load_model(lambda: log(
+        f"ready on http://{url_host}:{port} at {datetime.datetime.now(datetime.UTC).isoformat()}")))
     await stop.wait()
 
     loading.cancel()

@@ -48,7 +48,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtests import from_zero, replica, rollout_bench, sim_bench
+from loadtests import from_zero, kube_bench, replica, rollout_bench, sim_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -601,6 +601,8 @@ SECTIONS = {
     "fromzero": from_zero.benchmark_section,
     "rollouts": rollout_bench.benchmark_section,
     "cli": cli_section,
+    "kube_coldstart": kube_bench.coldstart_section,
+    "kube_controller": kube_bench.controller_section,
 }
 """Each section of docs/benchmarks.md and the function that measures and renders it. Other
 parts register theirs here (simulator, rollouts); `--only` runs a subset and keeps the rest."""
@@ -646,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=ROOT / "docs" / "fromzero-before.jsonl",
                         help="an older commit's runs (python -m loadtests.from_zero --json), "
                         "shown beside the fresh ones (fromzero)")
+    parser.add_argument("--policies", type=int, default=1000,
+                        help="ScalingPolicies for kube_controller")
+    parser.add_argument("--ticks", type=int, default=30,
+                        help="seconds (1 s ticks) kube_controller measures over")
+    parser.add_argument("--enforce-timeout", type=float, default=300,
+                        help="kube_controller: seconds to wait for every policy Enforced")
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}

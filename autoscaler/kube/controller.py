@@ -43,21 +43,30 @@ import pydantic
 from aiohttp import web
 
 from autoscaler.control import core, ports
-from autoscaler.kube import client, informer, inventory, leader, pods, replicas, status
+from autoscaler.kube import (
+    client,
+    informer,
+    inventory,
+    leader,
+    pods,
+    replicas,
+    router_manifests,
+    status,
+)
 from autoscaler.rollouts import driver
 from autoscaler.sources import prometheus, routers
 from policies import capacity, codec, decider, progression, resources, rollout, validation
 
 logger = logging.getLogger(__name__)
 
-ROUTER_NAME_LABEL = "app.kubernetes.io/name"
-ROUTER_NAME = "sluice-router"
-SERVICE_LABEL = "sluice.dev/service"
-"""On a router pod: the route-table service (the InferenceService) it fronts."""
-ADMIN_PORT_NAME = "admin"
-DEFAULT_ADMIN_PORT = 8081
-ROUTER_TOKEN_SECRET = "sluice-router-admin"
-ROUTER_TOKEN_KEY = "token"
+# How router pods are found and reached: what `sluice manifests router` writes.
+ROUTER_NAME_LABEL = router_manifests.ROUTER_NAME_LABEL
+ROUTER_NAME = router_manifests.ROUTER_NAME
+SERVICE_LABEL = router_manifests.SERVICE_LABEL
+ADMIN_PORT_NAME = router_manifests.ADMIN_PORT_NAME
+DEFAULT_ADMIN_PORT = router_manifests.ADMIN_PORT
+ROUTER_TOKEN_SECRET = router_manifests.TOKEN_SECRET
+ROUTER_TOKEN_KEY = router_manifests.TOKEN_KEY
 COMMAND_ANNOTATION = resources.COMMAND_ANNOTATION
 
 
@@ -817,7 +826,17 @@ async def _serve_health(synced: Callable[[], bool], listen: str) -> web.AppRunne
     return runner
 
 
-def main(argv: list[str]) -> int:
+@dataclass(frozen=True)
+class Invocation:
+    """What ``sluice controller``'s arguments ask for."""
+
+    client: client.ClientSettings
+    settings: ControllerSettings
+    leader_elect: bool = True
+    lease_namespace: str | None = None
+
+
+def parse(argv: list[str]) -> Invocation:
     parser = argparse.ArgumentParser(
         prog="sluice controller",
         description="Run the sluice controller against a cluster: ScalingPolicies in, replica "
@@ -845,12 +864,17 @@ def main(argv: list[str]) -> int:
     settings = ControllerSettings(
         namespace=args.namespace, tick_s=args.tick, prometheus_url=args.prometheus_url,
         health_listen=None if args.health_listen == "off" else args.health_listen)
+    return Invocation(client.ClientSettings(kubeconfig=args.kubeconfig, context=args.context),
+                      settings, args.leader_elect, args.lease_namespace)
+
+
+def main(argv: list[str]) -> int:
+    invocation = parse(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s sluice-controller: %(message)s")
     import uvloop
-    return uvloop.run(_run(client.ClientSettings(kubeconfig=args.kubeconfig,
-                                                 context=args.context), settings,
-                           args.leader_elect, args.lease_namespace))
+    return uvloop.run(_run(invocation.client, invocation.settings, invocation.leader_elect,
+                           invocation.lease_namespace))
 
 
 async def _run(client_settings: client.ClientSettings, settings: ControllerSettings,

@@ -4,6 +4,7 @@ token of manifests/rbac, routers as process pods, and the objects a user writes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -149,8 +150,9 @@ class ControllerProcess:
     that manifests/rbac binds: whatever it does, those permissions allow."""
 
     def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str,
-                 account: ControllerAccount | None = None) -> None:
-        """With ``account``, run as that (shared) account; else make one and own it."""
+                 account: ControllerAccount | None = None, all_namespaces: bool = False) -> None:
+        """With ``account``, run as that (shared) account; else make one and own it. With
+        ``all_namespaces``, ``-A`` (its account still in ``namespace``)."""
         from tests import procs
 
         self.cluster = cluster
@@ -160,7 +162,8 @@ class ControllerProcess:
         self.kubeconfig = self.account.kubeconfig
         self.health_port = procs.free_port()
         self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
-                     str(self.kubeconfig), "-n", namespace, "--health-listen",
+                     str(self.kubeconfig), *(["-A"] if all_namespaces else ["-n", namespace]),
+                     "--health-listen",
                      f"127.0.0.1:{self.health_port}", *args]
         self.proc: Any = None
         self.start()
@@ -305,3 +308,28 @@ class Cluster:
         return scale.spec.replicas or 0  # the client reads an omitted 0 as None
 
 
+
+
+def process_router(deployment: dict[str, Any], token: str = ROUTER_TOKEN) -> dict[str, Any]:
+    """A router Deployment written by ``sluice manifests router``, its pods run by the process
+    kubelet: the same labels, ports, probes and arguments, with what only a real kubelet does
+    done here (``$(POD_IP)`` and the Secret's token filled in) and kwok's node taint tolerated.
+    The data port binds the pod IP, not 0.0.0.0: every pod here shares the machine's loopback."""
+    from tests.k8s import process_kubelet
+
+    deployment = copy.deepcopy(deployment)
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    args = [arg.replace("$(POD_IP)", "{ip}").replace("0.0.0.0:", "{ip}:")
+            for arg in container["args"]]
+    assert container["command"][0] == "sluice"
+    command = ["{python}", "-m", "autoscaler.cli", *container["command"][1:], *args]
+    for variable in container["env"]:
+        if "secretKeyRef" in variable.get("valueFrom", {}):
+            variable.pop("valueFrom")
+            variable["value"] = token
+    template["metadata"]["labels"][process_kubelet.PROCESS_LABEL] = "true"
+    template["metadata"].setdefault("annotations", {})[process_kubelet.COMMAND_ANNOTATION] = \
+        json.dumps(command)
+    template["spec"].update(KWOK_SCHEDULING)
+    return deployment
