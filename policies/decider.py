@@ -124,7 +124,8 @@ class ScalingInputs:
     value: float
     """The metric over the last second, revision total. rps: requests per second arriving at
     the routers (buffered ones included, as arrivals). concurrency: mean requests in flight at
-    the replicas (buffered ones excluded: they are ``buffered``). custom: the signal's value."""
+    the replicas (buffered ones excluded: they are ``buffered``). streams: streamed responses
+    in flight now. custom: the signal's revision total (``signals.Signal.demand``)."""
     buffered: int = 0
     """Requests held at the routers for this revision, summed over routers."""
     in_flight: int = 0
@@ -380,7 +381,9 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
 
 def _sample(inputs: ScalingInputs, policy: scaling.ScalingPolicy, features: Features) -> Sample:
     match policy.metric_kind:
-        case scaling.MetricKind.CONCURRENCY:
+        case scaling.MetricKind.CONCURRENCY | scaling.MetricKind.STREAMS:
+            # A buffered request will be in flight (and, to a streams policy, most likely a
+            # stream: the model's answers are) once a replica takes it.
             backlog = float(inputs.buffered)
         case _:
             # rps: the held requests were counted as arrivals already; under sluice the
@@ -431,7 +434,7 @@ def _drain_want(
 
 
 def _per_replica(policy: scaling.ScalingPolicy) -> float:
-    return max(0.01, policy.target_per_replica * policy.target_utilization)
+    return policy.per_replica
 
 
 def _settled_history(

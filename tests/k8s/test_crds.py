@@ -139,7 +139,8 @@ INVALID_SPECS = [
         "initialScale", "must not exceed maxReplicas", id="initial-scale-over-max",
     ),
     pytest.param(
-        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=None), "target",
+        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=None,
+                                              signal={"query": "avg(kv)"}), "target",
         "required for a custom metric", id="custom-metric-without-target",
     ),
     pytest.param(
