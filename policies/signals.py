@@ -35,7 +35,12 @@ only at the edges (experimental functions), where the query's first tick says so
 
 - ``AverageValue``: the value is one replica's share, e.g. ``avg()`` over the replicas' series
   (HPA's Pods metrics, vLLM's ``gpu_cache_usage_perc``); the revision needs
-  ``ceil(ready * value / target)`` replicas. With no replica ready there is no share: 0.
+  ``ceil(ready * value / target)`` replicas. With no replica ready there is no share: 0. A new
+  replica's series reaches the average a scrape after it is ready (and a gone one's leaves it);
+  for ``lagSeconds`` after the ready count changed the decision is held, as for a missing
+  value (HPA counts only pods with metrics for the same reason): a count that includes
+  replicas not in the average would overstate the load, order replicas, and overstate it
+  again.
 - ``Value``: the value is the revision's total, e.g. ``sum()`` of requests waiting, divided
   among replicas at ``target`` each: ``ceil(value / target)`` (HPA's External metric with an
   AverageValue target, which divides the value by the replica count before comparing).
@@ -118,6 +123,17 @@ class Signal(BaseModel):
         description=(
             "A value at or below this counts as 0: an idle model's background value neither "
             "holds replicas nor wakes them (KEDA's activationThreshold). Default 0."
+        ),
+    )
+    lag_s: float = Field(
+        2.0, alias="lagSeconds", ge=0, le=600,
+        description=(
+            "Seconds a replica's series takes to reach the query's result, or to leave it (a "
+            "scrape interval, and a recording rule's if the query reads one). For this long "
+            "after the ready count changed an AverageValue may be over other replicas than "
+            "those ready, so the count is held: a replica not yet in the average must not "
+            "multiply it (that would order more replicas, and again). Default 2, for a 1 s "
+            "scrape; set it to your scrape interval or above."
         ),
     )
     timeout_s: float = Field(

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ class Revision:
     """The custom signal's reading of the last tick; None before the first or without one."""
     signal_used: float | None = None
     """The signal's value the last decision was made on."""
+    ready_seen: tuple[int, float] = (0, -math.inf)
+    """(ready, since when): an average is over the replicas ready a signal's lag ago."""
     floor: int = 0
     """Replicas a rollout keeps at least; the decider's count is raised to it."""
     parked: str | None = None
@@ -365,7 +368,8 @@ class Core:
         if target.policy.signal is not None:
             value, problem = signal_value(revision.signal)
             missing = problem is not None
-            if missing and revision.decision is not None and counts.ready + counts.starting:
+            held = missing or self._settling(revision, now, counts.ready)
+            if held and revision.decision is not None and counts.ready + counts.starting:
                 return  # keep the last decision and the replicas: missing data is no signal
             if value is not None:
                 custom = target.policy.signal.demand(value, counts.ready)
@@ -381,6 +385,19 @@ class Core:
         if (stale or missing) and not (revision.parked or revision.removing):
             wanted = max(wanted, replicas.desired)  # missing data never lowers the count
         self._scale(revision, wanted, revision.decision.conditions)
+
+    @staticmethod
+    def _settling(revision: Revision, now: float, ready: int) -> bool:
+        """Whether an AverageValue may not yet be over the replicas ready now: their count
+        changed within the signal's lag. Its value times the new count would overstate the
+        load after a scale-up (and order more replicas, and again) and understate it after a
+        scale-down, so the decision waits, as for a missing value."""
+        signal = revision.target.policy.signal
+        if signal is None or signal.type is not signals.SignalType.AVERAGE_VALUE:
+            return False
+        if ready != revision.ready_seen[0]:
+            revision.ready_seen = (ready, now)
+        return now - revision.ready_seen[1] < signal.lag_s
 
     def _scale(self, revision: Revision, wanted: int, why: Iterable[str]) -> None:
         """Hand ``wanted`` to the revision's replicas; a change is one line in the log."""

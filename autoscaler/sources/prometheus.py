@@ -81,14 +81,14 @@ class PrometheusSource:
 
 def reading(expr: str, result: Any, now: float, max_age_s: float) -> ports.Reading:
     """The one number an instant query's ``result`` holds, or why there is none."""
-    if isinstance(result, list):
+    if isinstance(result, list) and not (len(result) == 2 and not isinstance(result[0], dict)):
         if not result:
             return ports.Reading(None, f"no data for {expr!r}")
         if len(result) > 1:
             return ports.Reading(None, f"{expr!r} returned {len(result)} series; aggregate it "
                                  "to one (e.g. sum(...))")
         sample = result[0].get("value") if isinstance(result[0], dict) else None
-    else:  # a scalar result: [time, "value"]
+    else:  # a scalar result (vector(1) is a vector; scalar(x) is not): [time, "value"]
         sample = result
     try:
         at, value = float(sample[0]), float(sample[1])  # type: ignore[index]
