@@ -433,7 +433,8 @@ class Controller:
                  if template is not None and spec.gpus_per_replica else None)
         control = self._namespace(policy.namespace)
         revision = ports.RevisionTarget(service=spec.service, revision=spec.revision,
-                                        policy=spec, weight=self._weight(policy.namespace, spec))
+                                        policy=spec, weight=self._weight(policy.namespace, spec),
+                                        namespace=policy.namespace)
         old_key, old_target = policy.key, (policy.replicas.target if policy.replicas else None)
         if old_key is not None and (old_key != (spec.service, spec.revision)
                                     or old_target != target):
@@ -644,7 +645,8 @@ class Controller:
                 leader.FencedPublisher(client_, self.elector)
             store = StatusStore(self, namespace)
             control_core = core.Core(capacity=Capacity(self, namespace), publisher=publisher,
-                                     load=client_, store=store, tick_s=self.settings.tick_s)
+                                     load=client_, store=store, tick_s=self.settings.tick_s,
+                                     signals_=self.metrics)
             control = NamespaceControl(control_core, client_, store, driver.Rollouts(
                 control_core, client_, self.metrics, metrics_missing=(
                     "custom metrics need a Prometheus: start the controller with "

@@ -23,7 +23,9 @@ class UsageError(Exception):
     """A bad policy, trace or option: printed, exit status 2."""
 
 
-def load_policy_file(path: Path) -> scaling.ScalingPolicy:
+def load_policy_file(path: Path, trace: traces.Trace | None = None) -> scaling.ScalingPolicy:
+    """A policy the simulator can replay ``trace`` against: on 'rps' for a request-rate
+    trace, on a custom signal for a custom-signal trace."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -36,10 +38,15 @@ def load_policy_file(path: Path) -> scaling.ScalingPolicy:
         policy = scaling.load_policy(data)
     except pydantic.ValidationError as exc:
         raise UsageError(f"{path}: invalid policy\n{validation.describe(exc)}") from None
-    if policy.metric_kind is not scaling.MetricKind.RPS:
+    signal_trace = trace is not None and trace.signal is not None
+    if signal_trace and policy.metric_kind is not scaling.MetricKind.CUSTOM:
+        raise UsageError(f"{path}: invalid policy for the simulator\nmetric: a custom-signal "
+                         f"trace replays a signal, so the policy must scale on 'custom:<name>', "
+                         f"got {policy.metric!r}")
+    if not signal_trace and policy.metric_kind is not scaling.MetricKind.RPS:
         raise UsageError(f"{path}: invalid policy for the simulator\nmetric: the simulator "
-                         f"replays request rates, so the policy must scale on 'rps', got "
-                         f"{policy.metric!r}")
+                         f"replays request rates, so the policy must scale on 'rps' (or use a "
+                         f"custom-signal trace, t,rps,signal), got {policy.metric!r}")
     return policy
 
 
@@ -60,9 +67,11 @@ def parser() -> argparse.ArgumentParser:
         prog="sluice simulate", description="Replay a request-rate trace against a scaling "
         "policy, next to Knative's KPA, an HPA and a perfect-foresight oracle.")
     parse.add_argument("--policy", type=Path, required=True,
-                       help="ScalingPolicy YAML (metric: rps), e.g. examples/policies/cpu.yaml")
+                       help="ScalingPolicy YAML (metric: rps, or custom:<name> for a "
+                       "custom-signal trace), e.g. examples/policies/cpu.yaml")
     parse.add_argument("--trace", required=True, help=f"one of {', '.join(traces.BUNDLED)}, "
-                       "or FILE.csv with columns t,rps")
+                       "or FILE.csv with columns t,rps (or t,rps,signal: a custom-signal "
+                       "trace)")
     parse.add_argument("--plot", type=Path, help="draw load, ready capacity and replicas to PNG")
     parse.add_argument("--json", action="store_true", help="print the results as JSON")
     parse.add_argument("--tick", type=int, choices=(1, 2), default=1,
@@ -81,8 +90,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        policy = load_policy_file(args.policy)
         trace = load_trace(args.trace, args.seed)
+        policy = load_policy_file(args.policy, trace)
     except UsageError as exc:
         print(f"sluice simulate: {exc}", file=sys.stderr)
         return 2

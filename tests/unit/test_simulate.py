@@ -218,7 +218,8 @@ def test_json_reports_every_scaler_and_plot_is_a_png(files, capsys):
     assert report["trace"] == {"name": "load", "description": "load.csv: 4 rows",
                                "duration_s": 180}
     assert report["replica_model"] == {"capacity_rps": 70.0, "cold_start_s": 10.0,
-                                       "gpus_per_replica": 0, "gpu_inventory": None}
+                                       "gpus_per_replica": 0, "gpu_inventory": None,
+                                       "in_flight_s": 1.0}
     assert list(report["results"]) == ["sluice", "kpa", "hpa", "oracle"]
     for metrics in report["results"].values():
         assert set(metrics) == {
