@@ -85,8 +85,12 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
 
 
 def is_stream(content_type: bytes) -> bool:
-    """Whether a response's Content-Type is one of STREAM_TYPES (parameters allowed)."""
-    return content_type.startswith(STREAM_TYPES) or content_type.lower().startswith(STREAM_TYPES)
+    """Whether a response's Content-Type is one of STREAM_TYPES (parameters allowed). Types are
+    case-insensitive, but servers send them in lower case: a lowered copy is made only for one
+    that starts with a capital of a stream type (a one-byte slice is a cached object)."""
+    if content_type.startswith(STREAM_TYPES):
+        return True
+    return content_type[:1] in (b"T", b"A") and content_type.lower().startswith(STREAM_TYPES)
 
 
 def connection_options(value: bytes) -> frozenset[bytes] | None:
