@@ -634,7 +634,8 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
-            elif lname == b"content-type" and is_stream(value):
+            elif lname == b"content-type" and (value.startswith(STREAM_TYPES) or (
+                    value[:1] in b"TA" and is_stream(value))):  # no call for a plain JSON answer
                 self.stream_chunks = 0
             parts += (name, b": ", value, b"\r\n")
         if connection is not None:

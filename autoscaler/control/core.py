@@ -120,7 +120,7 @@ class Revision:
     signal_used: float | None = None
     """The signal's value the last decision was made on."""
     ready_seen: tuple[int, float] = (0, -math.inf)
-    """(ready, since when): an average is over the replicas ready a signal's lag ago."""
+    """(ready, since when): an AverageValue is held for its lag after the count changed."""
     floor: int = 0
     """Replicas a rollout keeps at least; the decider's count is raised to it."""
     parked: str | None = None
@@ -553,8 +553,9 @@ class Core:
             signal_problem = (signal_value(revision.signal)[1]
                               if revision.target.policy.signal is not None else None)
             if signal_problem is not None:
+                held = "replicas held" if replicas.desired else "requests wake it"
                 conditions.append(f"SignalMissing: {revision.target.policy.custom_signal}: "
-                                  f"{signal_problem}; replicas held")
+                                  f"{signal_problem}; {held}")
             if replicas.failure:
                 conditions.append(f"ReplicaFailed: {replicas.failure}")
             if revision.parked:
