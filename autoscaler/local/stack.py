@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from autoscaler.rollouts import locate
 from policies import routing, validation
@@ -143,13 +144,19 @@ class LocalStack(_Model):
 
     @pydantic.model_validator(mode="after")
     def _signals_have_a_source(self) -> Self:
-        if self.controller.prometheus_url is None:
-            for name, service in self.services.items():
-                for index, revision in enumerate(service.revisions):
-                    if revision.scaling.signal is not None:
-                        raise ValueError(
-                            f"services.{name}.revisions.{index}.scaling.signal: a custom signal "
-                            "is queried at a Prometheus: set controller.prometheus_url")
+        if self.controller.prometheus_url is not None:
+            return self
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("no_prometheus", "a custom signal is queried at a "
+                                         "Prometheus: set controller.prometheus_url"),
+                loc=("services", name, "revisions", index, "scaling", "signal"),
+                input=revision.scaling.signal.query)
+            for name, service in self.services.items()
+            for index, revision in enumerate(service.revisions)
+            if revision.scaling.signal is not None]
+        if errors:
+            raise pydantic.ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
     @pydantic.model_validator(mode="after")

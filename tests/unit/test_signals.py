@@ -8,6 +8,7 @@ import math
 import pydantic
 import pytest
 
+from autoscaler.local import stack
 from autoscaler.sources import prometheus
 from policies import scaling, signals
 
@@ -117,3 +118,13 @@ def test_prometheus_answers_that_hold_no_value_say_why(result, value, problem):
     reading = prometheus.reading("q", result, NOW, max_age_s=30)
     assert reading.value == value
     assert (reading.problem is None) if problem is None else (problem in reading.problem)
+
+
+def test_a_stack_with_a_signal_and_no_prometheus_is_refused_naming_the_field(tmp_path):
+    file = tmp_path / "stack.yaml"
+    file.write_text(
+        "services:\n  model:\n    revisions:\n      - name: v1\n        command: ['true']\n"
+        "        scaling: {metric: 'custom:kv', target: 0.5, signal: {query: 'avg(kv)'}}\n")
+    with pytest.raises(ValueError, match=r"^services\.model\.revisions\.0\.scaling\.signal: "
+                                         r"a custom signal is queried at a Prometheus"):
+        stack.load(file)
