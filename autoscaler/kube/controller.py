@@ -78,8 +78,8 @@ class ControllerSettings:
     reveal nothing but ok. None: no health endpoint."""
     probe: replicas.ProbeSettings = field(default_factory=replicas.ProbeSettings)
     prometheus_url: str | None = None
-    """Prometheus base URL rollouts' custom metrics are queried at. None: a Rollout with custom
-    metrics is refused, saying so."""
+    """Prometheus base URL custom signals and rollouts' custom metrics are queried at. None: a
+    Rollout with custom metrics is refused, and a custom signal is missing, saying so."""
     prometheus_timeout_s: float = 2.0
     """Seconds one PromQL query may take; a slower answer counts as no answer."""
 
@@ -837,8 +837,9 @@ def main(argv: list[str]) -> int:
                         help="act without a Lease (one replica only; default: elect a leader)")
     parser.add_argument("--lease-namespace", help="where the leader election's Lease lives "
                         "(default: the controller's own namespace)")
-    parser.add_argument("--prometheus-url", help="Prometheus base URL for rollouts' custom "
-                        "metrics, e.g. http://prometheus.monitoring:9090")
+    parser.add_argument("--prometheus-url", help="Prometheus base URL for ScalingPolicies' "
+                        "custom signals and rollouts' custom metrics, e.g. "
+                        "http://prometheus.monitoring:9090")
     parser.add_argument("--health-listen", default="0.0.0.0:8080",
                         help="HOST:PORT for /healthz and /readyz, or 'off' (default %(default)s)")
     args = parser.parse_args(argv)

@@ -131,6 +131,9 @@ async def test_an_average_value_signal_follows_a_step_up_and_back_down(signal_st
     settle_s = 25.0  # the ramp or the step, a stable window and a cold start
     high = judge_plateau(record.between(started + settle_s + 5, started + high_s))
     low = judge_plateau(record.between(started + high_s + settle_s, started + high_s + low_s))
+    hi_rows = record.between(started + settle_s + 5, started + high_s)
+    lo_rows = record.between(started + high_s + settle_s, started + high_s + low_s)
+    print("FIGURES high", high, sorted({r["desired"] for r in hi_rows}), len(hi_rows), "low", low, sorted({r["desired"] for r in lo_rows}), len(lo_rows), "peak", max(r["desired"] for _, r in record.rows), "requests", summary.requests)
     assert high >= 4, "the step up was followed"
     assert low <= 2, "and the step down"
     assert max(row["desired"] for row in record.between(started, started + high_s)) <= 8
@@ -152,6 +155,7 @@ async def test_prometheus_gone_holds_the_replicas_says_why_and_they_follow_again
             c.startswith("SignalMissing") for c in row["conditions"]))
         assert any("did not answer" in c for c in missing["conditions"]), missing
         held_at = missing["desired"]
+        print("FIGURES missing", held_at, [c for c in missing["conditions"] if "Signal" in c])
         assert held_at >= loaded["desired"] - 1
     finally:
         stop_file.touch()  # the load is gone; with the signal gone too, nothing may go down
