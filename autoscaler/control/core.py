@@ -117,8 +117,8 @@ class Revision:
     """From the router's poke to a replica start requested, the last time a poke started one."""
     signal: ports.Reading | None = None
     """The custom signal's reading of the last tick; None before the first or without one."""
-    signal_used: float | None = None
-    """The signal's value the last decision was made on."""
+    signal_used: tuple[float, int] | None = None
+    """The signal's value the last decision was made on, and the replicas ready then."""
     ready_seen: tuple[int, float] = (0, -math.inf)
     """(ready, since when): an AverageValue is held for its lag after the count changed."""
     floor: int = 0
@@ -163,6 +163,8 @@ class RevisionStatus:
     signal: float | None = None
     """The custom signal's value the last decision was made on (the query's, before
     ``type`` makes it a revision total); None without a custom metric."""
+    signal_ready: int | None = None
+    """The replicas ready at that decision (an AverageValue's total is signal x these)."""
     demand: float | None = None
     """The last decision's demand over the stable window, in the metric's unit (revision
     total); the count follows ceil(demand / per-replica aim) through the decider's rules."""
@@ -373,7 +375,7 @@ class Core:
                 return  # keep the last decision and the replicas: missing data is no signal
             if value is not None:
                 custom = target.policy.signal.demand(value, counts.ready)
-            revision.signal_used = value
+                revision.signal_used = (value, counts.ready)
         inputs = scaling_inputs(
             now, target.policy, ports.NO_LOAD if stale else revision.load, counts,
             buffered=buffered, free_gpus=self.capacity.free_gpus(target),
@@ -568,7 +570,9 @@ class Core:
                 rps=round(load.rps_6s, 2), inflight=load.inflight, p99_ms=load.p99_ms,
                 buffered=load.buffered, conditions=conditions,
                 reason=revision.parked or replicas.failure,
-                poke_to_start_ms=revision.poke_to_start_ms, signal=revision.signal_used,
+                poke_to_start_ms=revision.poke_to_start_ms,
+                signal=revision.signal_used[0] if revision.signal_used else None,
+                signal_ready=revision.signal_used[1] if revision.signal_used else None,
                 demand=decision.stable_demand if decision else None))
         return rows
 
