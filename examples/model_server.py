@@ -20,6 +20,7 @@ Endpoints (``<name>`` is ``--model-name``; any other name is a 404):
     GET  /v2/models/<name>/ready             503 until the model is loaded
     POST /v2/models/<name>/infer             {"inputs": [{"name", "shape": [n, 4], ...}]}
     POST /v2/models/<name>/generate_stream   SSE, one ``data: {...}`` event per token
+    GET  /metrics                            Prometheus gauges shaped like vLLM's (below)
     GET  /debug/requests                     accounting for exactly-once tests
     POST /debug/reset                        clear that accounting
     *    /debug/headers                      the request as received: method, path, version
@@ -31,6 +32,14 @@ Accounting: an inference request (predict, infer, generate_stream) is *admitted*
 is loaded and it fits under ``--max-concurrency``. Admitted requests are counted and their
 ``X-Request-Id`` recorded in arrival order; requests refused with 503 are not, because they did
 no work and are safe for a router to retry elsewhere. Injected 500s and 400s are admitted.
+
+Metrics, named and labelled (``model_name``) as vLLM's, so a query written for one scales the
+other: ``vllm:num_requests_running`` (admitted and being worked on or streamed),
+``vllm:num_requests_waiting`` (admitted, waiting for a ``--parallelism`` slot, as vLLM's
+scheduler queue) and ``vllm:gpu_cache_usage_perc``, the KV-cache fraction in use, which grows
+with the work in flight: running requests / ``--kv-cache-capacity``, at most 1 (a fraction,
+despite the name, as vLLM's). For streamed responses ``--latency`` is the time to the first
+token (prefill) and ``--token-delay`` the time between tokens (decode).
 
 A client that leaves mid-request is not an error here: the handler stops quietly (a router
 cutting a connection it gave up on must not fill this log with tracebacks).
@@ -95,6 +104,7 @@ class Settings:
     revision: str = ""
     drain_timeout: float = 30.0
     shutdown_delay: float = 0.0
+    kv_cache_capacity: int = 8
 
 
 class BadRequest(Exception):
@@ -243,6 +253,7 @@ class ModelServer:
             web.post("/debug/reset", self.debug_reset),
             web.route("*", "/debug/headers", self.debug_headers),
             web.post("/debug/echo", self.debug_echo),
+            web.get("/metrics", self.metrics),
         ])
         return app
 
@@ -444,6 +455,27 @@ class ModelServer:
     def _unknown_model(name: str) -> web.Response:
         return error_response(404, f"model {name!r} not found")
 
+    # metrics
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        running = self.inflight - self.waiting
+        usage = min(1.0, running / self.settings.kv_cache_capacity)
+        name = self.settings.model_name.replace("\\", "\\\\").replace('"', '\\"')
+        labels = f'{{model_name="{name}"}}'
+        gauges = (
+            ("num_requests_running", "Requests admitted and being worked on or streamed.",
+             running),
+            ("num_requests_waiting", "Requests admitted and waiting for a --parallelism slot.",
+             self.waiting),
+            ("gpu_cache_usage_perc", "KV-cache fraction in use (running / --kv-cache-capacity, "
+             "at most 1).", usage),
+        )
+        lines = []
+        for name, help_, value in gauges:
+            lines += [f"# HELP vllm:{name} {help_}", f"# TYPE vllm:{name} gauge",
+                      f"vllm:{name}{labels} {value}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
     # debug accounting
 
     async def debug_requests(self, request: web.Request) -> web.Response:
@@ -511,6 +543,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -547,6 +586,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
                              "server, as behind one GPU or the GIL (0: no limit)")
     parser.add_argument("--revision", default=_env("REVISION", ""),
                         help="label sent back in an X-Model-Revision header on every response")
+    parser.add_argument("--kv-cache-capacity", type=_positive_int,
+                        default=_env("KV_CACHE_CAPACITY", "8"),
+                        help="running requests that fill the simulated KV cache: "
+                             "vllm:gpu_cache_usage_perc is running / this, at most 1")
     parser.add_argument("--drain-timeout", type=_non_negative_float,
                         default=_env("DRAIN_TIMEOUT", "30"),
                         help="seconds in-flight requests get to finish after SIGTERM")

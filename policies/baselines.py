@@ -91,7 +91,7 @@ def hpa_decide(
     ready + starting.
     """
     metric = inputs.value
-    if policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+    if policy.counts_in_flight:
         metric += inputs.buffered
     current = inputs.ready + inputs.starting
     due = state.last_sync_at is None or inputs.now - state.last_sync_at >= behavior.sync_period_s

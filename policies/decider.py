@@ -162,7 +162,8 @@ class ScalingInputs:
     value: float
     """The metric over the last second, revision total. rps: requests per second arriving at
     the routers (buffered ones included, as arrivals). concurrency: mean requests in flight at
-    the replicas (buffered ones excluded: they are ``buffered``). custom: the signal's value."""
+    the replicas (buffered ones excluded: they are ``buffered``). streams: streamed responses
+    in flight now. custom: the signal's revision total (``signals.Signal.demand``)."""
     buffered: int = 0
     """Requests held at the routers for this revision, summed over routers."""
     in_flight: int = 0
@@ -318,7 +319,7 @@ def decide(
     cold_start_s = _learned_cold_start(state.cold_start_s, inputs.cold_starts)
     starting_since = _starting_since(state.starting_since, inputs) if features.startup_aware else ()
     service_s = state.service_s
-    if features.instant_backlog and policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+    if features.instant_backlog and policy.counts_in_flight:
         service_s = _learned_service(service_s, inputs, state.buffered, state.history)
     # 1. demand
     kept_s = policy.stable_window_s
@@ -463,7 +464,7 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
 def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
             policy: scaling.ScalingPolicy, features: Features,
             service_s: float | None) -> Sample:
-    if policy.metric_kind is not scaling.MetricKind.CONCURRENCY:
+    if not policy.counts_in_flight:
         # rps: the held requests were counted as arrivals already; under sluice the backlog
         # is drained on top of the load (_drain_want). custom: a signal's unit says nothing
         # about requests.
@@ -523,7 +524,9 @@ def _request_work(policy: scaling.ScalingPolicy, service_s: float | None) -> flo
     match policy.metric_kind:
         case scaling.MetricKind.RPS:
             return 1.0
-        case scaling.MetricKind.CONCURRENCY:
+        case scaling.MetricKind.CONCURRENCY | scaling.MetricKind.STREAMS:
+            # A waiting request will be in flight (and, to a streams policy, most likely a
+            # stream: the model's answers are) once a replica takes it.
             return service_s
         case _:
             return None
@@ -544,7 +547,7 @@ def _waiting(inputs: ScalingInputs, load: float, request_work: float,
     arrivals', or the level they held, _sample): those are the load, not also a backlog.
     """
     per_request = min(request_work, METRIC_PERIOD_S)
-    if policy.metric_kind is not scaling.MetricKind.CONCURRENCY or inputs.ready or (
+    if not policy.counts_in_flight or inputs.ready or (
             per_request <= 0):
         return float(inputs.buffered)
     return max(0.0, inputs.buffered - load / per_request)

@@ -77,6 +77,11 @@ probability ≤ alpha, however long it is watched).
   sequences, each at alpha_m / 2. Custom metrics are bounds on a value the user's query
   computes, as Flagger's are; they are not tests and are outside this budget.
 
+**Time to first byte** (``slo.ttft``, streamed responses only): when the SLO has it, every
+judge holds the canary's TTFT histogram to it exactly as it holds latency (the same tests on
+the ``ttft`` metrics), and latency's shares of alpha are split evenly between the two (the
+sequential judge's 40 % and 10 % become 20 % and 5 % each), so the family stays within alpha.
+
 A fixed-horizon judge (thresholds, compare) is right at its level only when looked at once; the
 rollout state machine acts on their verdicts only at the end of a step.
 """
@@ -98,6 +103,8 @@ METRIC_ERRORS = "errors"
 METRIC_LATENCY = "latency"
 METRIC_ERRORS_SLO = "errors-slo"
 METRIC_LATENCY_SLO = "latency-slo"
+METRIC_TTFT = "ttft"
+METRIC_TTFT_SLO = "ttft-slo"
 STATISTICAL_METRICS = 2
 """Errors and latency share alpha (Bonferroni); custom metrics are bounds, not tests."""
 COMPARISON_SHARE = 0.4
@@ -213,6 +220,8 @@ class ArmWindow:
     latencies: Latencies = field(default_factory=Latencies.empty)
     """Latencies of the window's requests (errors included); may be fewer than ``requests``
     when not every request was timed."""
+    ttft: Latencies = field(default_factory=Latencies.empty)
+    """Times to first byte of the window's streamed responses."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.errors <= self.requests:
@@ -284,14 +293,30 @@ class Verdict:
 
 def thresholds(window: Window, policy: rollout.RolloutPolicy) -> Verdict:
     """The canary against the SLO on one window (a step's, looked at once)."""
-    alpha_m = policy.analysis.alpha / STATISTICAL_METRICS
+    alpha_m = policy.analysis.alpha / _statistical_metrics(policy)
     canary = window.canary
     findings = [
         _success_rate_finding(canary, policy, alpha_m),
-        _latency_quantile_finding(canary.latencies, policy, alpha_m),
+        *(_latency_quantile_finding(_timed(canary, metric), slo, policy, alpha_m, metric)
+          for metric, slo in _timings(policy)),
         *_custom_findings(window, policy),
     ]
     return _verdict(rollout.Judge.THRESHOLDS, findings)
+
+
+def _timings(policy: rollout.RolloutPolicy) -> list[tuple[str, rollout.Latency]]:
+    """The timing SLOs judged: latency, and ttft when the SLO has it."""
+    ttft = policy.slo.ttft
+    return [(METRIC_LATENCY, policy.slo.latency),
+            *([(METRIC_TTFT, ttft)] if ttft is not None else [])]
+
+
+def _statistical_metrics(policy: rollout.RolloutPolicy) -> int:
+    return STATISTICAL_METRICS + (policy.slo.ttft is not None)
+
+
+def _timed(arm: ArmWindow, metric: str) -> Latencies:
+    return arm.ttft if metric == METRIC_TTFT else arm.latencies
 
 
 def _success_rate_finding(
@@ -322,14 +347,14 @@ def _success_rate_finding(
 
 
 def _latency_quantile_finding(
-    latencies: Latencies, policy: rollout.RolloutPolicy, alpha_m: float
+    latencies: Latencies, slo: rollout.Latency, policy: rollout.RolloutPolicy, alpha_m: float,
+    metric: str = METRIC_LATENCY,
 ) -> Finding:
-    slo = policy.slo.latency
     guard = policy.analysis.min_sample_size
     name = f"p{100 * slo.quantile:g}"
     n = latencies.total
     if n < guard:
-        return Finding(METRIC_LATENCY, Outcome.INCONCLUSIVE,
+        return Finding(metric, Outcome.INCONCLUSIVE,
                        f"too little traffic: {n} timed canary requests < {guard}",
                        bound=slo.max_ms, unit="ms", canary_samples=n)
     slow = latencies.count_above(slo.max_ms / 1000)
@@ -346,7 +371,7 @@ def _latency_quantile_finding(
     else:
         outcome = Outcome.PASS
         reason = f"{name} {observed:.1f} ms ≤ {slo.max_ms:g} ms ({facts})"
-    return Finding(METRIC_LATENCY, outcome, reason, observed=observed, bound=slo.max_ms,
+    return Finding(metric, outcome, reason, observed=observed, bound=slo.max_ms,
                    unit="ms", statistic=float(slow), p_value=p, canary_samples=n)
 
 
@@ -355,10 +380,11 @@ def _latency_quantile_finding(
 
 def compare(window: Window, policy: rollout.RolloutPolicy) -> Verdict:
     """The canary against stable on one window (a step's, looked at once), Kayenta-style."""
-    alpha_m = policy.analysis.alpha / STATISTICAL_METRICS
+    alpha_m = policy.analysis.alpha / _statistical_metrics(policy)
     findings = [
         _error_comparison(window, policy, alpha_m),
-        _latency_comparison(window, policy, alpha_m),
+        *(_latency_comparison(window, slo, policy, alpha_m, metric)
+          for metric, slo in _timings(policy)),
         *_custom_findings(window, policy),
     ]
     return _verdict(rollout.Judge.COMPARE, findings)
@@ -393,13 +419,14 @@ def _error_comparison(window: Window, policy: rollout.RolloutPolicy, alpha_m: fl
                    stable_samples=stable.requests)
 
 
-def _latency_comparison(window: Window, policy: rollout.RolloutPolicy, alpha_m: float) -> Finding:
-    ours, theirs = window.canary.latencies, window.stable.latencies
-    tolerance = policy.slo.latency.tolerance_percent
+def _latency_comparison(window: Window, slo: rollout.Latency, policy: rollout.RolloutPolicy,
+                        alpha_m: float, metric: str = METRIC_LATENCY) -> Finding:
+    ours, theirs = _timed(window.canary, metric), _timed(window.stable, metric)
+    tolerance = slo.tolerance_percent
     bound = 1 + tolerance / 100
     short = _too_little(ours.total, theirs.total, policy.analysis.min_sample_size)
     if short:
-        return Finding(METRIC_LATENCY, Outcome.INCONCLUSIVE, short, bound=bound, unit="x",
+        return Finding(metric, Outcome.INCONCLUSIVE, short, bound=bound, unit="x",
                        canary_samples=ours.total, stable_samples=theirs.total)
     shifted = np.log(np.maximum(ours.samples(), LOG_FLOOR_S)) - math.log(bound)
     result = stats.mannwhitneyu(shifted, np.log(np.maximum(theirs.samples(), LOG_FLOOR_S)),
@@ -416,7 +443,7 @@ def _latency_comparison(window: Window, policy: rollout.RolloutPolicy, alpha_m: 
         outcome = Outcome.PASS
         reason = (f"not slower than stable by more than {tolerance:g} % (median ratio "
                   f"{ratio:.2f}; {facts} ≥ {alpha_m:g})")
-    return Finding(METRIC_LATENCY, outcome, reason, observed=ratio, bound=bound, unit="x",
+    return Finding(metric, outcome, reason, observed=ratio, bound=bound, unit="x",
                    statistic=u, p_value=p, canary_samples=ours.total,
                    stable_samples=theirs.total)
 
@@ -455,6 +482,19 @@ class ArmTotals:
 
 
 @dataclass(frozen=True)
+class TimingEvidence:
+    """The sequential judge's running statistics for time to first byte, as SequentialState
+    keeps them for latency (its arms count no requests, only timed streams)."""
+
+    canary: ArmTotals = ArmTotals()
+    stable: ArmTotals = ArmTotals()
+    score: float = 0.0
+    information: float = 0.0
+    canary_slow: int = 0
+    """Canary streams slower to their first byte than the SLO's ``maxMs``."""
+
+
+@dataclass(frozen=True)
 class SequentialState:
     """The running statistics of the sequential judge; start with ``SequentialState()``."""
 
@@ -470,6 +510,28 @@ class SequentialState:
     """Canary requests slower than the SLO's ``maxMs``."""
     log_resolution: float = 0.0
     """The widest rounding of a latency seen on either arm (``Latencies.log_resolution``)."""
+    ttft: TimingEvidence = TimingEvidence()
+    """The same for time to first byte, when the SLO judges it."""
+
+
+def _timing_added(canary: ArmTotals, stable: ArmTotals, score: float, information: float,
+                  ours: ArmWindow, theirs: ArmWindow, metric: str
+                  ) -> tuple[ArmTotals, ArmTotals, float, float]:
+    """One interval's timings (``metric``'s) added to the arms' totals and to S and I."""
+    ours_timed, theirs_timed = _timed(ours, metric), _timed(theirs, metric)
+    ours_moments, theirs_moments = ours_timed.log_moments(), theirs_timed.log_moments()
+    counted_ours, counted_theirs = (ours, theirs) if metric == METRIC_LATENCY else (
+        ArmWindow(0, 0), ArmWindow(0, 0))
+    canary = canary.added(counted_ours, ours_moments)
+    stable = stable.added(counted_theirs, theirs_moments)
+    ours_n, ours_sum, _ = ours_moments
+    theirs_n, theirs_sum, _ = theirs_moments
+    ours_var, theirs_var = canary.log_variance, stable.log_variance
+    if ours_n and theirs_n and ours_var is not None and theirs_var is not None:
+        variance = max(ours_var / ours_n + theirs_var / theirs_n, 1e-12)
+        score += (ours_sum / ours_n - theirs_sum / theirs_n) / variance
+        information += 1 / variance
+    return canary, stable, score, information
 
 
 def sequential(
@@ -479,27 +541,30 @@ def sequential(
     to the running statistics and judge everything seen so far."""
     ours, theirs = window.canary, window.stable
     log_lrs = _error_log_lrs(state.error_log_lrs, ours, theirs)
-    ours_moments, theirs_moments = ours.latencies.log_moments(), theirs.latencies.log_moments()
-    canary = state.canary.added(ours, ours_moments)
-    stable = state.stable.added(theirs, theirs_moments)
-    ours_n, ours_sum, _ = ours_moments
-    theirs_n, theirs_sum, _ = theirs_moments
-    score, information = state.latency_score, state.latency_information
-    ours_var, theirs_var = canary.log_variance, stable.log_variance
-    if ours_n and theirs_n and ours_var is not None and theirs_var is not None:
-        variance = max(ours_var / ours_n + theirs_var / theirs_n, 1e-12)
-        score += (ours_sum / ours_n - theirs_sum / theirs_n) / variance
-        information += 1 / variance
+    canary, stable, score, information = _timing_added(
+        state.canary, state.stable, state.latency_score, state.latency_information, ours,
+        theirs, METRIC_LATENCY)
     slow = state.canary_slow + ours.latencies.count_above(policy.slo.latency.max_ms / 1000)
     resolution = max(state.log_resolution, ours.latencies.log_resolution,
                      theirs.latencies.log_resolution)
-    new_state = SequentialState(log_lrs, canary, stable, score, information, slow, resolution)
+    ttft, ttft_slo = state.ttft, policy.slo.ttft
+    if ttft_slo is not None:
+        ttft = TimingEvidence(*_timing_added(ttft.canary, ttft.stable, ttft.score,
+                                             ttft.information, ours, theirs, METRIC_TTFT),
+                              ttft.canary_slow + ours.ttft.count_above(ttft_slo.max_ms / 1000))
+        resolution = max(resolution, ours.ttft.log_resolution, theirs.ttft.log_resolution)
+    new_state = SequentialState(log_lrs, canary, stable, score, information, slow, resolution,
+                                ttft)
 
-    compared, held = (policy.analysis.alpha * share for share in (COMPARISON_SHARE, SLO_SHARE))
+    alpha, timings = policy.analysis.alpha, _timings(policy)
+    compared, held = alpha * COMPARISON_SHARE, alpha * SLO_SHARE
+    timing_evidence = {METRIC_LATENCY: (score, information), METRIC_TTFT: (ttft.score,
+                                                                          ttft.information)}
     findings = [
         _sequential_errors(new_state, policy, compared, window.deciding_weight),
-        _sequential_latency(new_state, policy, compared),
-        *_sequential_slo(new_state, policy, held),
+        *(_sequential_latency(new_state, slo, compared / len(timings), metric,
+                              *timing_evidence[metric]) for metric, slo in timings),
+        *_sequential_slo(new_state, policy, held, held / len(timings)),
         *_custom_findings(window, policy),
     ]
     return _verdict(rollout.Judge.SEQUENTIAL, findings), new_state
@@ -555,24 +620,23 @@ def _sequential_errors(state: SequentialState, policy: rollout.RolloutPolicy, al
                    canary_samples=canary.requests, stable_samples=stable.requests)
 
 
-def _sequential_latency(state: SequentialState, policy: rollout.RolloutPolicy,
-                        alpha_m: float) -> Finding:
-    tolerance = policy.slo.latency.tolerance_percent
+def _sequential_latency(state: SequentialState, slo: rollout.Latency, alpha_m: float,
+                        metric: str, score: float, information: float) -> Finding:
+    tolerance = slo.tolerance_percent
     bound = 1 + tolerance / 100
-    information = state.latency_information
     if information <= 0:
-        return Finding(METRIC_LATENCY, Outcome.INCONCLUSIVE,
+        return Finding(metric, Outcome.INCONCLUSIVE,
                        f"too few timed requests yet (each arm needs {MIN_VARIANCE_DOF + 1})",
                        bound=bound, unit="x", canary_samples=state.canary.requests,
                        stable_samples=state.stable.requests)
-    estimate = state.latency_score / information
+    estimate = score / information
     spread = LATENCY_PRIOR_SD**2 * information
     half = math.sqrt((1 + spread) * (2 * math.log(1 / alpha_m) + math.log1p(spread))) / (
         LATENCY_PRIOR_SD * information)
     low, high = math.exp(estimate - half), math.exp(estimate + half)
     edge = math.log(bound)
     z = (estimate - edge) * math.sqrt(information)
-    log_lr = (LATENCY_PRIOR_SD**2 * (state.latency_score - edge * information) ** 2
+    log_lr = (LATENCY_PRIOR_SD**2 * (score - edge * information) ** 2
               / (2 * (1 + spread)) - 0.5 * math.log1p(spread))
     ratio = math.exp(estimate)
     facts = f"ratio {ratio:.3f} within [{low:.3f}, {high:.3f}]"
@@ -590,14 +654,14 @@ def _sequential_latency(state: SequentialState, policy: rollout.RolloutPolicy,
     else:
         outcome = Outcome.INCONCLUSIVE
         reason = f"not yet known to be within {tolerance:g} % of stable ({facts} ∋ {bound:g})"
-    return Finding(METRIC_LATENCY, outcome, reason, observed=ratio, bound=bound, unit="x",
+    return Finding(metric, outcome, reason, observed=ratio, bound=bound, unit="x",
                    statistic=z, likelihood_ratio=math.exp(min(log_lr, 700.0)),
                    interval=(low, high), canary_samples=state.canary.requests,
                    stable_samples=state.stable.requests)
 
 
 def _sequential_slo(state: SequentialState, policy: rollout.RolloutPolicy,
-                    alpha_m: float) -> list[Finding]:
+                    alpha_m: float, timing_alpha_m: float) -> list[Finding]:
     """The canary's error rate and slow share against the SLO's allowances: fail once the lower
     end of their confidence sequence is above the allowance; otherwise pass (not shown to
     breach), so that these never hold a canary back, and a canary without traffic is judged
@@ -605,19 +669,25 @@ def _sequential_slo(state: SequentialState, policy: rollout.RolloutPolicy,
     canary = state.canary
     success, latency = policy.slo.success_rate, policy.slo.latency
     quantile = f"p{100 * latency.quantile:g}"
-    checks = (
+    checks = [
         (METRIC_ERRORS_SLO, canary.errors, canary.requests, 1 - success.minimum / 100,
-         f"success rate ≥ {success.minimum:g} %", "errors"),
+         f"success rate ≥ {success.minimum:g} %", "errors", alpha_m),
         (METRIC_LATENCY_SLO, state.canary_slow, canary.timed, 1 - latency.quantile,
-         f"{quantile} ≤ {latency.max_ms:g} ms", f"slower than {latency.max_ms:g} ms"),
-    )
+         f"{quantile} ≤ {latency.max_ms:g} ms", f"slower than {latency.max_ms:g} ms",
+         timing_alpha_m),
+    ]
+    ttft = policy.slo.ttft
+    if ttft is not None:
+        checks.append((METRIC_TTFT_SLO, state.ttft.canary_slow, state.ttft.canary.timed,
+                       1 - ttft.quantile, f"TTFT p{100 * ttft.quantile:g} ≤ {ttft.max_ms:g} ms",
+                       f"slower to a first byte than {ttft.max_ms:g} ms", timing_alpha_m))
     findings = []
-    for metric, count, total, allowed, slo, what in checks:
+    for metric, count, total, allowed, slo, what, alpha in checks:
         if total == 0:
             findings.append(Finding(metric, Outcome.PASS, f"{slo}: no requests yet", unit="%",
                                     bound=100 * allowed))
             continue
-        low, high = _rate_bounds(count, total, alpha_m)
+        low, high = _rate_bounds(count, total, alpha)
         facts = (f"{count} of {total} {what}, {100 * count / total:.2f} % within "
                  f"[{100 * low:.2f}, {100 * high:.2f}] %")
         breached = low > allowed

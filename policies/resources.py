@@ -159,6 +159,16 @@ class ScalingPolicySpec(scaling.ScalingPolicy):
                     field="target",
                     message="required for a custom metric",
                 ),
+                cel_rule(
+                    "!self.metric.startsWith('custom:') || has(self.signal)",
+                    field="signal",
+                    message="required for a custom metric: its query",
+                ),
+                cel_rule(
+                    "self.metric.startsWith('custom:') || !has(self.signal)",
+                    field="signal",
+                    message="only a custom metric (custom:<name>) has a signal",
+                ),
                 _within_max_replicas("minReplicas"),
                 _within_max_replicas("initialScale"),
                 _within_max_replicas("activationScale"),

@@ -15,6 +15,7 @@ CRD's OpenAPI schema. Python code uses the snake_case names. Only the names are 
     slo:
       successRate: {min: 99, marginPoints: 1}
       latency: {quantile: 0.99, maxMs: 500, tolerancePercent: 10}
+      ttft: {quantile: 0.99, maxMs: 2000, tolerancePercent: 10}   # streamed responses only
       custom:
         - {name: gpu-memory, query: 'max(gpu_mem_used_ratio{revision="v2"})', max: 0.95}
     maxDurationSeconds: 3600
@@ -34,6 +35,10 @@ Which judge reads what (policies/judges.py has the statistics):
   that, at the weight it is about to get, the service errs at most ``marginPoints`` more.
   It also fails a canary shown to breach the SLO (``min``, ``maxMs``) whatever stable does.
   ``alpha`` bounds its false rollbacks over the whole rollout, however often it looks.
+- ``ttft``, when given, is judged like ``latency`` by every judge, on the time to the first
+  byte of each *streamed* response (``text/event-stream``, NDJSON: an LLM's first token) as
+  the routers measure it: a canary whose prefill got slower fails on it even while its total
+  latency, dominated by decoding, stays within ``latency``'s tolerance.
 - every judge checks the custom metrics' bounds on the value their query returns.
 
 The state machine that follows this policy is :mod:`policies.progression`.
@@ -210,7 +215,8 @@ class SuccessRate(_Model):
 
 
 class Latency(_Model):
-    """The latency SLO, on each request's time from arrival to last byte."""
+    """A latency SLO: on each request's time from arrival to last byte (latency), or to the
+    first byte of a streamed response (ttft)."""
 
     quantile: float = Field(
         0.99, gt=0, lt=1,
@@ -266,6 +272,14 @@ class Slo(_Model):
 
     success_rate: SuccessRate = SuccessRate()
     latency: Latency = Latency()
+    ttft: Latency | None = Field(
+        None,
+        description=(
+            "Time to first byte of streamed responses (an LLM's first token), judged like "
+            "latency: quantile against maxMs, and against stable within tolerancePercent. "
+            "Default none: not judged."
+        ),
+    )
     custom: list[CustomMetric] = Field(
         [], max_length=20,
         description="Custom PromQL metrics with bounds; names are unique.",

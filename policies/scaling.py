@@ -5,7 +5,7 @@ types (camelCase, every field described with unit, default and reason) and its b
 the CRD's OpenAPI schema. Python code uses the snake_case names. Defaults are Knative KPA's
 (anchors/autoscaling.md §1.1), so a policy with only a metric behaves like Knative::
 
-    metric: concurrency          # or rps, or custom:<signal name>
+    metric: concurrency          # or rps, streams, or custom:<signal name>
     target: 10                   # in-flight requests per replica
     minReplicas: 0
     maxReplicas: 8
@@ -14,7 +14,9 @@ the CRD's OpenAPI schema. Python code uses the snake_case names. Defaults are Kn
 
 ``metric`` is a plain string rather than an object: it reads as one line of YAML, like Knative's
 ``autoscaling.knative.dev/metric: rps``, and a string with a pattern is a simple structural
-schema (no oneOf). A custom signal is referenced by name; its query is defined with the signal.
+schema (no oneOf). A custom signal is named there and defined beside it, in ``signal`` (its
+PromQL query and how its value maps to replicas: :mod:`policies.signals`); ``target`` is then
+the signal's, and ``targetUtilization`` does not apply, as in HPA and KEDA.
 
 The decider that reads this policy is :mod:`policies.decider`.
 """
@@ -31,15 +33,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from policies import signals
+
 CUSTOM_PREFIX = "custom:"
-METRIC_PATTERN = r"^(rps|concurrency|custom:[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?)$"
+METRIC_PATTERN = r"^(rps|concurrency|streams|custom:[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?)$"
 GPU_RESOURCE_PATTERN = r"^nvidia\.com/(gpu|mig-[1-7]g\.[1-9][0-9]*gb(\+me)?)$"
 
 EPSILON = 1e-9
 """Slack for ceil: 14.000000000000002 requests over an aim of 7 is 2 replicas, not 3."""
 
-DEFAULT_TARGETS = {"concurrency": 100.0, "rps": 200.0}
-"""Knative's per-replica targets when none is given (before target utilization)."""
+DEFAULT_TARGETS = {"concurrency": 100.0, "rps": 200.0, "streams": 100.0}
+"""Knative's per-replica targets when none is given (before target utilization); streams are
+requests in flight too, so they take concurrency's."""
 
 
 class MetricKind(enum.StrEnum):
@@ -47,7 +52,12 @@ class MetricKind(enum.StrEnum):
 
     RPS = "rps"
     CONCURRENCY = "concurrency"
+    STREAMS = "streams"
     CUSTOM = "custom"
+
+
+_BUILTIN_KINDS = {kind.value: kind for kind in MetricKind if kind is not MetricKind.CUSTOM}
+_IN_FLIGHT_KINDS = frozenset({MetricKind.CONCURRENCY, MetricKind.STREAMS})
 
 
 class ScalingPolicy(BaseModel):
@@ -61,23 +71,26 @@ class ScalingPolicy(BaseModel):
         "concurrency", pattern=METRIC_PATTERN,
         description=(
             "Signal the replica count follows: 'rps' (requests per second arriving at the "
-            "routers), 'concurrency' (requests in flight) or 'custom:<name>' (a named signal "
-            "such as KV-cache usage or queue depth). Default 'concurrency', as in Knative."
+            "routers), 'concurrency' (requests in flight), 'streams' (streamed responses in "
+            "flight, e.g. LLM generations, as the routers measure them) or 'custom:<name>' (a "
+            "PromQL signal such as KV-cache usage or queue depth, defined in 'signal'). Default "
+            "'concurrency', as in Knative."
         ),
     )
     target: float | None = Field(
         None, gt=0,
         description=(
             "Metric value one replica should carry, in the metric's unit (requests/s, in-flight "
-            "requests or the signal's unit). Default: 100 for concurrency, 200 for rps "
-            "(Knative's); required for custom signals, whose unit only the user knows."
+            "requests or the signal's unit). Default: 100 for concurrency and streams, 200 for "
+            "rps (Knative's); required for custom signals, whose unit only the user knows."
         ),
     )
     target_utilization: float = Field(
         0.7, gt=0, le=1,
         description=(
             "Fraction of the target to aim for, in (0, 1]; the rest is headroom for bursts while "
-            "new replicas start. Default 0.7, Knative's."
+            "new replicas start. Default 0.7, Knative's. Not applied to a custom signal, whose "
+            "target is the aim itself (HPA's and KEDA's rule)."
         ),
     )
     min_replicas: int = Field(
@@ -178,6 +191,15 @@ class ScalingPolicy(BaseModel):
             "GPU capacity."
         ),
     )
+    signal: signals.Signal | None = Field(
+        None,
+        description=(
+            "The custom signal 'metric: custom:<name>' follows: a PromQL query, whether its "
+            "value is per replica (AverageValue) or the revision's total (Value), an "
+            "activation threshold and the query's timeout. Required with a custom metric, "
+            "refused with any other."
+        ),
+    )
     gpu_resource: str = Field(
         "nvidia.com/gpu", pattern=GPU_RESOURCE_PATTERN,
         description=(
@@ -188,9 +210,14 @@ class ScalingPolicy(BaseModel):
 
     @property
     def metric_kind(self) -> MetricKind:
-        if self.metric.startswith(CUSTOM_PREFIX):
-            return MetricKind.CUSTOM
-        return MetricKind(self.metric)
+        # A dict lookup: the decider asks this many times a tick for every revision.
+        return _BUILTIN_KINDS.get(self.metric, MetricKind.CUSTOM)
+
+    @property
+    def counts_in_flight(self) -> bool:
+        """Whether the metric counts requests in flight (concurrency, streams): a waiting
+        request adds to it for as long as a replica serves it, not once as to rps."""
+        return self.metric_kind in _IN_FLIGHT_KINDS
 
     @property
     def custom_signal(self) -> str | None:
@@ -209,7 +236,10 @@ class ScalingPolicy(BaseModel):
     @property
     def per_replica(self) -> float:
         """The metric value one replica is sized for: target * utilization (at least 0.01, so
-        a tiny target never divides by zero). The one place this rule is written."""
+        a tiny target never divides by zero); a custom signal's target as it is. The one place
+        this rule is written."""
+        if self.metric_kind is MetricKind.CUSTOM:
+            return self.target_per_replica
         return max(0.01, self.target_per_replica * self.target_utilization)
 
     @property
@@ -253,6 +283,10 @@ def _cross_field_errors(policy: ScalingPolicy) -> list[InitErrorDetails]:
     errors = []
     if policy.metric_kind is MetricKind.CUSTOM and policy.target is None:
         errors.append(error("target", "required for a custom metric"))
+    if policy.metric_kind is MetricKind.CUSTOM and policy.signal is None:
+        errors.append(error("signal", "required for a custom metric: its query"))
+    if policy.metric_kind is not MetricKind.CUSTOM and policy.signal is not None:
+        errors.append(error("signal", "only a custom metric (custom:<name>) has a signal"))
     ceiling = policy.replica_ceiling
     if ceiling is not None:
         errors.extend(

@@ -28,7 +28,8 @@ class _Message(BaseModel):
 class Window(_Message):
     """Additive totals over one trailing window (1, 6 or 60 s)."""
 
-    seconds: float = Field(ge=0, description="The window's length, its current second included.")
+    seconds: float = Field(ge=0, description=(
+        "The window's length: its whole seconds up to the current one, which is left out."))
     arrivals: float = Field(ge=0, description=(
         "Requests that arrived in it. A whole number from one worker; merged over workers whose "
         "windows end a few milliseconds apart, each worker's count is scaled to the longest "
@@ -66,6 +67,25 @@ class RawCounters(_Message):
     buffer_waits: int = Field(ge=0)
     buffer_wait_sum_s: float = Field(ge=0)
     buffer_wait_max_s: float = Field(ge=0)
+    streams: int = Field(0, ge=0, description=(
+        "Streamed responses (text/event-stream, NDJSON) in flight now (a gauge)."))
+    ttft_buckets: list[int] = Field(default_factory=list, description=(
+        "Streamed responses per time-to-first-byte bucket (the latency bounds), from arrival "
+        "at the router to the body's first byte. Empty from a router that predates them."))
+    ttft_sum_s: float = Field(0.0, ge=0)
+    ttft_count: int = Field(0, ge=0)
+    ttft_min_s: float | None = Field(None, ge=0)
+    ttft_max_s: float | None = Field(None, ge=0)
+    chunk_buckets: list[int] = Field(default_factory=list, description=(
+        "Finished streams per mean time between body chunks (the latency bounds): one token's "
+        "time when a server sends a token per chunk."))
+    chunk_time_sum_s: float = Field(0.0, ge=0, description=(
+        "Sum of the finished streams' mean times between chunks (the histogram's sum)."))
+    stream_chunks: int = Field(0, ge=0, description=(
+        "Body chunks of finished streams after each one's first; over stream_seconds, chunks "
+        "(tokens) per second while streaming."))
+    stream_seconds: float = Field(0.0, ge=0, description=(
+        "Seconds finished streams spent from their first chunk to their last."))
 
 
 class Latency(_Message):
@@ -87,6 +107,34 @@ class ColdStartWaits(_Message):
     max_s: float = Field(0.0, ge=0)
 
 
+class TimeQuantiles(_Message):
+    """Milliseconds; None before the first observation."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+class StreamTimes(TimeQuantiles):
+    min: float | None = None
+    max: float | None = None
+    count: int = 0
+
+
+class Streams(_Message):
+    """Streamed responses (an LLM's tokens), merged over the router's workers."""
+
+    inflight: int = Field(0, ge=0, description="Streams in flight now.")
+    ttft_ms: StreamTimes = Field(StreamTimes(), description=(
+        "Time to first byte since the router started, from arrival at the router (buffer "
+        "wait included) to the body's first byte."))
+    chunk_ms: TimeQuantiles = Field(TimeQuantiles(), description=(
+        "Mean time between body chunks, one value per finished stream (a token's time when "
+        "each chunk is a token)."))
+    chunks_per_s: float | None = Field(None, ge=0, description=(
+        "Chunks (tokens) per second while streaming, over every finished stream."))
+
+
 class RevisionStats(_Message):
     """One revision's figures in ``GET /stats``, merged over the router's workers."""
 
@@ -103,6 +151,7 @@ class RevisionStats(_Message):
     latency_ms: Latency
     buffered: int = Field(ge=0)
     cold_start_waits: ColdStartWaits = ColdStartWaits()
+    streams: Streams = Streams()
     raw: RawCounters | None = Field(None, description="Only with ?raw=1.")
 
 

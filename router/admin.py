@@ -181,24 +181,22 @@ async def get_metrics(request: web.Request) -> web.Response:
     for labels, _, raw in revisions:
         lines += [f'sluice_router_requests_total{{{labels},code="{code}"}} {count}'
                   for code, count in sorted(raw.by_code.items())]
-    lines += ["# HELP sluice_router_request_duration_seconds Time from arrival to last byte.",
-              "# TYPE sluice_router_request_duration_seconds histogram"]
-    for labels, _, raw in revisions:
-        cumulative = 0
-        bounds = iter(stats.PROMETHEUS_BUCKETS_S)
-        bound = next(bounds, None)
-        for upper, count in zip(stats.LATENCY_BOUNDS_S, raw.latency_buckets, strict=False):
-            cumulative += count
-            if bound is not None and upper == bound:
-                lines.append(f'sluice_router_request_duration_seconds_bucket{{{labels},'
-                             f'le="{bound}"}} {cumulative}')
-                bound = next(bounds, None)
-        lines += [
-            f'sluice_router_request_duration_seconds_bucket{{{labels},le="+Inf"}} '
-            f"{raw.latency_count}",
-            f"sluice_router_request_duration_seconds_sum{{{labels}}} {raw.latency_sum_s}",
-            f"sluice_router_request_duration_seconds_count{{{labels}}} {raw.latency_count}",
-        ]
+    histograms: list[tuple[str, str, Callable[[wire.RawCounters], tuple[list[int], float]]]] = [
+        ("request_duration_seconds", "Time from arrival to last byte.",
+         lambda raw: (raw.latency_buckets, raw.latency_sum_s)),
+        ("time_to_first_byte_seconds", "Streamed responses (SSE, NDJSON): time from arrival "
+         "to the body's first byte (an LLM's first token).",
+         lambda raw: (raw.ttft_buckets, raw.ttft_sum_s)),
+        ("time_per_chunk_seconds", "Finished streams: mean time between body chunks (a "
+         "token's time when each chunk is a token).",
+         lambda raw: (raw.chunk_buckets, raw.chunk_time_sum_s)),
+    ]
+    for name, help_, histogram in histograms:
+        lines += [f"# HELP sluice_router_{name} {help_}",
+                  f"# TYPE sluice_router_{name} histogram"]
+        for labels, _, raw in revisions:
+            buckets, total = histogram(raw)
+            lines += _histogram(f"sluice_router_{name}", labels, buckets, total)
     series: list[tuple[str, str, str, Callable[[wire.RevisionStats, wire.RawCounters], Any]]] = [
         ("inflight_requests", "gauge", "Requests at a replica now.", lambda r, _: r.inflight),
         ("buffered_requests", "gauge", "Requests waiting for an endpoint now.",
@@ -212,6 +210,14 @@ async def get_metrics(request: web.Request) -> web.Response:
          lambda _, raw: raw.buffer_waits),
         ("buffer_wait_seconds_total", "counter", "Time requests waited for an endpoint.",
          lambda _, raw: raw.buffer_wait_sum_s),
+        ("streams_inflight", "gauge", "Streamed responses (SSE, NDJSON) in flight now.",
+         lambda _, raw: raw.streams),
+        ("stream_chunks_total", "counter", "Body chunks of finished streams after each one's "
+         "first; rate() of it over rate(stream_seconds_total) is chunks (tokens) per second.",
+         lambda _, raw: raw.stream_chunks),
+        ("stream_seconds_total", "counter",
+         "Seconds finished streams spent from their first chunk to their last.",
+         lambda _, raw: raw.stream_seconds),
     ]
     for name, kind, help_, value in series:
         lines += [f"# HELP sluice_router_{name} {help_}", f"# TYPE sluice_router_{name} {kind}"]
@@ -223,6 +229,22 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n",
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _histogram(name: str, labels: str, buckets: list[int], total: float) -> list[str]:
+    """A Prometheus histogram from the fine buckets, at the Prometheus bounds (which are among
+    them, so the counts are exact)."""
+    lines, cumulative = [], 0
+    bounds = iter(stats.PROMETHEUS_BUCKETS_S)
+    bound = next(bounds, None)
+    for upper, count in zip(stats.LATENCY_BOUNDS_S, buckets, strict=False):
+        cumulative += count
+        if bound is not None and upper == bound:
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}')
+            bound = next(bounds, None)
+    count = sum(buckets)
+    return [*lines, f'{name}_bucket{{{labels},le="+Inf"}} {count}',
+            f"{name}_sum{{{labels}}} {total}", f"{name}_count{{{labels}}} {count}"]
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:

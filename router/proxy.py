@@ -36,6 +36,10 @@ HOP_BY_HOP = frozenset({
 REWRITTEN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"expect"})
 NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
 CONNECTION_KEYWORDS = (b"keep-alive", b"close")
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
+"""Content-Types of streamed responses (an LLM's tokens: SSE, NDJSON), whose time to first byte
+and chunk rate are measured (router/stats.py)."""
+NOT_A_STREAM = -1
 
 # Why the client socket is paused; reading resumes when no reason is left.
 PAUSE_BODY = 1  # request body piling up while the request waits for an endpoint
@@ -78,6 +82,15 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
             413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
             499: "Client Closed Request", 501: "Not Implemented", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def is_stream(content_type: bytes) -> bool:
+    """Whether a response's Content-Type is one of STREAM_TYPES (parameters allowed). Types are
+    case-insensitive, but servers send them in lower case: a lowered copy is made only for one
+    that starts with a capital of a stream type (a one-byte slice is a cached object)."""
+    if content_type.startswith(STREAM_TYPES):
+        return True
+    return content_type[:1] in (b"T", b"A") and content_type.lower().startswith(STREAM_TYPES)
 
 
 def connection_options(value: bytes) -> frozenset[bytes] | None:
@@ -405,6 +418,9 @@ class Exchange:
         "responded",
         "started",
         "status",
+        "stream_chunks",
+        "stream_first",
+        "stream_last",
         "upstream",
         "url",
         "version",
@@ -439,6 +455,9 @@ class Exchange:
         self.responded = False
         self.must_close = False
         self.done = False
+        self.stream_chunks = NOT_A_STREAM  # a stream's body chunks so far
+        self.stream_first = 0.0
+        self.stream_last = 0.0
 
     # routing
 
@@ -615,6 +634,9 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
+            elif lname == b"content-type" and (value.startswith(STREAM_TYPES) or (
+                    value[:1] in b"TA" and is_stream(value))):  # no call for a plain JSON answer
+                self.stream_chunks = 0
             parts += (name, b": ", value, b"\r\n")
         if connection is not None:
             named = connection_options(connection)
@@ -633,6 +655,8 @@ class Exchange:
                 self.keep_alive = False  # close-delimited for HTTP/1.0
         backend = self.backend
         assert backend is not None
+        if self.stream_chunks == 0:
+            backend.stats.streams += 1
         parts.append(backend.revision_header)
         if not self.keep_alive or self.must_close or client.worker.draining:
             parts.append(b"Connection: close\r\n")
@@ -652,7 +676,15 @@ class Exchange:
         else:
             self.client.send(chunk)
         worker = self.client.worker
-        self.deadline = worker.now() + worker.settings.idle_timeout_s
+        now = worker.now()
+        self.deadline = now + worker.settings.idle_timeout_s
+        chunks = self.stream_chunks
+        if chunks != NOT_A_STREAM:
+            if not chunks:
+                self.stream_first = now
+                self.backend.stats.first_byte(now - self.started)  # type: ignore[union-attr]
+            self.stream_chunks = chunks + 1
+            self.stream_last = now
 
     def response_complete(self, upstream_keep_alive: bool) -> None:
         if self.chunked_out:
@@ -751,7 +783,10 @@ class Exchange:
         self._release_endpoint(now)
         backend = self.backend
         if backend is not None:
-            backend.stats.answered(status, now - self.started)
+            stats = backend.stats
+            stats.answered(status, now - self.started)
+            if self.stream_chunks != NOT_A_STREAM:
+                stats.stream_ended(self.stream_chunks, self.stream_last - self.stream_first)
         self.client.exchange_finished(self)
         if worker.draining:
             worker.exchange_done()

@@ -1,4 +1,13 @@
-"""Per-revision measurements: request counts, arrival rate, in-flight, latency, buffer waits.
+"""Per-revision measurements: request counts, arrival rate, in-flight, latency, buffer waits,
+and for streamed responses (an LLM's tokens) time to first byte, chunks per second and streams
+in flight.
+
+A response is a stream when its Content-Type is text/event-stream or NDJSON (what LLM servers
+send tokens as). Its time to first byte (TTFT) runs from the request's arrival at the router
+(buffer wait included: what the client waits for its first token) to the first byte of the
+body; its chunk rate is measured between the first and the last body chunk, as the mean time
+per chunk of each stream (its inverse is tokens per second when the server sends one token per
+chunk, as vLLM and TGI do). Both are histograms on the latency buckets.
 
 Everything here is updated on the request path, so updates are a few integer operations: no
 allocation, no locks (one event loop per worker). Reading builds a *raw* snapshot whose numbers
@@ -52,12 +61,22 @@ class RevisionStats:
         "buffer_waits",
         "buffered",
         "by_code",
+        "chunk_buckets",
+        "chunk_time_sum_s",
         "inflight",
         "latency_buckets",
         "latency_count",
         "latency_max_s",
         "latency_min_s",
         "latency_sum_s",
+        "stream_chunks",
+        "stream_seconds",
+        "streams",
+        "ttft_buckets",
+        "ttft_count",
+        "ttft_max_s",
+        "ttft_min_s",
+        "ttft_sum_s",
     )
 
     def __init__(self, now: float) -> None:
@@ -72,6 +91,16 @@ class RevisionStats:
         self.buffer_waits = 0
         self.buffer_wait_sum_s = 0.0
         self.buffer_wait_max_s = 0.0
+        self.streams = 0
+        self.ttft_buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.ttft_sum_s = 0.0
+        self.ttft_count = 0
+        self.ttft_min_s = math.inf
+        self.ttft_max_s = 0.0
+        self.chunk_buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.chunk_time_sum_s = 0.0
+        self.stream_chunks = 0
+        self.stream_seconds = 0.0
         self._arrivals = [0] * _RING
         self._area = [0.0] * _RING
         self._sec = int(now)
@@ -114,6 +143,27 @@ class RevisionStats:
         if latency_s < self.latency_min_s:
             self.latency_min_s = latency_s
 
+    def first_byte(self, ttft_s: float) -> None:
+        """A streamed response's first body byte arrived, ttft_s after the request did."""
+        self.ttft_buckets[bisect.bisect_left(LATENCY_BOUNDS_S, ttft_s)] += 1
+        self.ttft_sum_s += ttft_s
+        self.ttft_count += 1
+        if ttft_s > self.ttft_max_s:
+            self.ttft_max_s = ttft_s
+        if ttft_s < self.ttft_min_s:
+            self.ttft_min_s = ttft_s
+
+    def stream_ended(self, chunks: int, streaming_s: float) -> None:
+        """A stream ended after ``chunks`` body chunks, ``streaming_s`` from its first to its
+        last; each chunk after the first took streaming_s / (chunks - 1) on average."""
+        self.streams -= 1
+        if chunks > 1:
+            per_chunk_s = streaming_s / (chunks - 1)
+            self.chunk_buckets[bisect.bisect_left(LATENCY_BOUNDS_S, per_chunk_s)] += 1
+            self.chunk_time_sum_s += per_chunk_s
+            self.stream_chunks += chunks - 1
+            self.stream_seconds += streaming_s
+
     def waited(self, wait_s: float) -> None:
         """A request left the buffer for an endpoint after waiting this long."""
         self.buffer_waits += 1
@@ -126,13 +176,14 @@ class RevisionStats:
         counts `backpressured` (requests whose replica socket a slow client paused)."""
         self._advance(now)
         cur = self._sec % _RING
-        partial = now - self._sec
         windows = {}
         for w in WINDOWS_S:
-            # The last w whole seconds plus the current partial one: [sec - w, now].
-            slots = [(cur - i) % _RING for i in range(w + 1)]
+            # The last w whole seconds, [sec - w, sec), the current partial one left out:
+            # clients released together (a cold start's backlog) arrive in bursts, and a
+            # count over 1 + a fraction of a second read 40 requests/s as 20 to 80 by phase.
+            slots = [(cur - i) % _RING for i in range(1, w + 1)]
             windows[str(w)] = {
-                "seconds": w + partial,
+                "seconds": float(w),
                 "arrivals": sum(self._arrivals[s] for s in slots),
                 "inflight_area": sum(self._area[s] for s in slots),
             }
@@ -152,6 +203,16 @@ class RevisionStats:
             "buffer_waits": self.buffer_waits,
             "buffer_wait_sum_s": self.buffer_wait_sum_s,
             "buffer_wait_max_s": self.buffer_wait_max_s,
+            "streams": self.streams,
+            "ttft_buckets": list(self.ttft_buckets),
+            "ttft_sum_s": self.ttft_sum_s,
+            "ttft_count": self.ttft_count,
+            "ttft_min_s": self.ttft_min_s if self.ttft_count else None,
+            "ttft_max_s": self.ttft_max_s if self.ttft_count else None,
+            "chunk_buckets": list(self.chunk_buckets),
+            "chunk_time_sum_s": self.chunk_time_sum_s,
+            "stream_chunks": self.stream_chunks,
+            "stream_seconds": self.stream_seconds,
         }
 
 
@@ -188,6 +249,8 @@ def merge(raws: list[dict[str, Any]]) -> dict[str, Any]:
         }
     mins = [raw["latency_min_s"] for raw in raws if raw["latency_min_s"] is not None]
     maxes = [raw["latency_max_s"] for raw in raws if raw["latency_max_s"] is not None]
+    ttft_mins = [raw["ttft_min_s"] for raw in raws if raw["ttft_min_s"] is not None]
+    ttft_maxes = [raw["ttft_max_s"] for raw in raws if raw["ttft_max_s"] is not None]
     return {
         "by_class": by_class(by_code),
         "by_code": by_code,
@@ -196,9 +259,14 @@ def merge(raws: list[dict[str, Any]]) -> dict[str, Any]:
                                                  strict=True)],
         "latency_min_s": min(mins) if mins else None,
         "latency_max_s": max(maxes) if maxes else None,
+        **{key: [sum(b) for b in zip(*(r[key] for r in raws), strict=True)]
+           for key in ("ttft_buckets", "chunk_buckets")},
+        "ttft_min_s": min(ttft_mins) if ttft_mins else None,
+        "ttft_max_s": max(ttft_maxes) if ttft_maxes else None,
         **{key: sum(raw[key] for raw in raws)
            for key in ("inflight", "buffered", "backpressured", "latency_sum_s", "latency_count",
-                       "buffer_waits", "buffer_wait_sum_s")},
+                       "buffer_waits", "buffer_wait_sum_s", "streams", "ttft_sum_s",
+                       "ttft_count", "chunk_time_sum_s", "stream_chunks", "stream_seconds")},
         "buffer_wait_max_s": max(raw["buffer_wait_max_s"] for raw in raws),
     }
 
@@ -243,6 +311,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         return None if seconds is None else round(seconds * 1000, 3)
 
     waits = raw["buffer_waits"]
+    chunk_buckets = raw["chunk_buckets"]
+    streamed = raw["stream_seconds"]
     return {
         "requests": {
             "total": sum(by_class_),
@@ -260,5 +330,17 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             "count": waits,
             "mean_s": round(raw["buffer_wait_sum_s"] / waits, 4) if waits else None,
             "max_s": round(raw["buffer_wait_max_s"], 4),
+        },
+        "streams": {
+            "inflight": raw["streams"],
+            "ttft_ms": {**{f"p{round(q * 100)}": ms(quantile(raw["ttft_buckets"], q,
+                                                             raw["ttft_min_s"],
+                                                             raw["ttft_max_s"]))
+                           for q in (0.5, 0.9, 0.99)},
+                        "min": ms(raw["ttft_min_s"]), "max": ms(raw["ttft_max_s"]),
+                        "count": raw["ttft_count"]},
+            "chunk_ms": {f"p{round(q * 100)}": ms(quantile(chunk_buckets, q))
+                         for q in (0.5, 0.9, 0.99)},
+            "chunks_per_s": round(raw["stream_chunks"] / streamed, 3) if streamed > 0 else None,
         },
     }

@@ -32,6 +32,12 @@ its load is older than ``load_stale_s``. That load then expires: a stale ``buffe
 decision (a poke's own count still starts replicas), status shows none and says LoadMissing.
 Silence may be traffic no router could count, so it never scales a revision to zero; when the
 routers answer again, the decider acts on what they say, down as well as up.
+
+A custom signal (policies/signals.py) is read through the SignalSource once per tick, beside
+the load. Missing data is never a signal either: a reading without a usable value (no answer,
+no data, NaN, stale) keeps the revision's last decision and its replicas, and status says
+SignalMissing with the reason. Only a revision with no replica at all is decided without one:
+nothing runs to export a value, so it is 0, and the routers' buffered requests wake it.
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from autoscaler.control import ports
-from policies import decider, routing, scaling, wire
+from policies import decider, routing, scaling, signals, wire
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,16 @@ def scaling_inputs(now: float, policy: scaling.ScalingPolicy, load: ports.Revisi
         cold_starts=cold_starts)
 
 
+def signal_value(reading: ports.Reading | None) -> tuple[float | None, str | None]:
+    """A custom signal's value, or why there is none (then it is missing, never 0)."""
+    if reading is None:
+        return None, "not read yet"
+    if reading.value is None:
+        return None, reading.problem or "no value"
+    problem = signals.usable(reading.value)
+    return (None, problem) if problem is not None else (reading.value, None)
+
+
 @dataclass
 class Revision:
     """What the core knows of one revision."""
@@ -99,6 +116,12 @@ class Revision:
     """When ``load`` was reported (on the core's clock); when the revision was added, before."""
     poke_to_start_ms: float | None = None
     """From the router's poke to a replica start requested, the last time a poke started one."""
+    signal: ports.Reading | None = None
+    """The custom signal's reading of the last tick; None before the first or without one."""
+    signal_used: tuple[float, int] | None = None
+    """The signal's value the last decision was made on, and the replicas ready then."""
+    ready_seen: tuple[int, float] = (0, -math.inf)
+    """(ready, since when): an AverageValue is held for its lag after the count changed."""
     floor: int = 0
     """Replicas a rollout keeps at least; the decider's count is raised to it."""
     parked: str | None = None
@@ -138,6 +161,14 @@ class RevisionStatus:
     conditions: list[str]
     reason: str | None
     poke_to_start_ms: float | None
+    signal: float | None = None
+    """The custom signal's value the last decision was made on (the query's, before
+    ``type`` makes it a revision total); None without a custom metric."""
+    signal_ready: int | None = None
+    """The replicas ready at that decision (an AverageValue's total is signal x these)."""
+    demand: float | None = None
+    """The last decision's demand over the stable window, in the metric's unit (revision
+    total); the count follows ceil(demand / per-replica aim) through the decider's rules."""
 
 
 class MonotonicWallClock:
@@ -160,10 +191,12 @@ class Core:
     def __init__(self, *, capacity: ports.Capacity, publisher: ports.RoutePublisher | None = None,
                  load: ports.LoadSource | None = None, store: ports.StateStore | None = None,
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0,
-                 decider_: Decider[Any] = SLUICE, load_stale_s: float | None = None) -> None:
+                 decider_: Decider[Any] = SLUICE, load_stale_s: float | None = None,
+                 signals_: ports.SignalSource | None = None) -> None:
         self.capacity = capacity
         self.publisher = publisher
         self.load_source = load
+        self.signal_source = signals_
         self.store: ports.StateStore = store if store is not None else ports.MemoryStore()
         self.clock = clock or MonotonicWallClock()
         self.tick_s = tick_s
@@ -268,11 +301,39 @@ class Core:
             await asyncio.sleep(self.tick_s)
 
     async def tick(self) -> None:
-        loads = await self.load_source.load() if self.load_source is not None else {}
-        self.step(loads)
+        loads, readings = await asyncio.gather(self._loads(), self.read_signals())
+        self.step(loads, readings)
 
-    def step(self, loads: Mapping[ports.Key, ports.RevisionLoad]) -> None:
-        """Decide every revision on these loads; one missing holds (module docstring)."""
+    async def _loads(self) -> Mapping[ports.Key, ports.RevisionLoad]:
+        return await self.load_source.load() if self.load_source is not None else {}
+
+    async def read_signals(self) -> dict[ports.Key, ports.Reading]:
+        """This tick's reading of every custom signal, from one call to the SignalSource."""
+        queries: dict[ports.Key, ports.SignalQuery] = {}
+        readings: dict[ports.Key, ports.Reading] = {}
+        for revision in self._live():
+            signal, target = revision.target.policy.signal, revision.target
+            if signal is None:
+                continue
+            if self.signal_source is None:
+                readings[revision.key] = ports.Reading(None, "no signal source: configure "
+                                                       "the Prometheus URL")
+                continue
+            try:
+                query = signal.render(signals.Identity(target.service, target.revision,
+                                                       target.namespace))
+            except ValueError as error:
+                readings[revision.key] = ports.Reading(None, str(error))
+                continue
+            queries[revision.key] = ports.SignalQuery(query, signal.timeout_s)
+        if queries and self.signal_source is not None:
+            readings.update(await self.signal_source.signals(queries))
+        return readings
+
+    def step(self, loads: Mapping[ports.Key, ports.RevisionLoad],
+             readings: Mapping[ports.Key, ports.Reading] | None = None) -> None:
+        """Decide every revision on these loads and signal readings; one missing holds
+        (module docstring)."""
         now = self.clock()
         for key, revision in list(self.revisions.items()):
             load = loads.get(key)
@@ -280,6 +341,8 @@ class Core:
                 revision.load, revision.load_at = load, now
             elif self._stale(revision, now):
                 revision.load = ports.NO_LOAD
+            if readings is not None and revision.target.policy.signal is not None:
+                revision.signal = readings.get(key, ports.Reading(None, "not read this tick"))
             if revision.removing or (load is None and revision.decision is not None):
                 continue
             try:
@@ -303,17 +366,41 @@ class Core:
         target, replicas = revision.target, revision.replicas
         now = self.clock()
         stale = self._stale(revision, now)
+        counts = replicas.counts()
+        custom, missing = None, False
+        if target.policy.signal is not None:
+            value, problem = signal_value(revision.signal)
+            missing = problem is not None
+            held = missing or self._settling(revision, now, counts.ready)
+            if held and revision.decision is not None and counts.ready + counts.starting:
+                return  # keep the last decision and the replicas: missing data is no signal
+            if value is not None:
+                custom = target.policy.signal.demand(value, counts.ready)
+                revision.signal_used = (value, counts.ready)
         inputs = scaling_inputs(
-            now, target.policy, ports.NO_LOAD if stale else revision.load, replicas.counts(),
+            now, target.policy, ports.NO_LOAD if stale else revision.load, counts,
             buffered=buffered, free_gpus=self.capacity.free_gpus(target),
-            cold_starts=replicas.take_cold_starts())
+            cold_starts=replicas.take_cold_starts(), custom=custom)
         revision.decision, revision.state = self.decider.decide(inputs, revision.state,
                                                                 target.policy)
         self.store.save(ports.StateKey.scaling(revision.key), revision.state)
         wanted = revision.replicas_wanted(revision.decision.desired)
-        if stale and not (revision.parked or revision.removing):
+        if (stale or missing) and not (revision.parked or revision.removing):
             wanted = max(wanted, replicas.desired)  # missing data never lowers the count
         self._scale(revision, wanted, revision.decision.conditions)
+
+    @staticmethod
+    def _settling(revision: Revision, now: float, ready: int) -> bool:
+        """Whether an AverageValue may not yet be over the replicas ready now: their count
+        changed within the signal's lag. Its value times the new count would overstate the
+        load after a scale-up (and order more replicas, and again) and understate it after a
+        scale-down, so the decision waits, as for a missing value."""
+        signal = revision.target.policy.signal
+        if signal is None or signal.type is not signals.SignalType.AVERAGE_VALUE:
+            return False
+        if ready != revision.ready_seen[0]:
+            revision.ready_seen = (ready, now)
+        return now - revision.ready_seen[1] < signal.lag_s
 
     def _scale(self, revision: Revision, wanted: int, why: Iterable[str]) -> None:
         """Hand ``wanted`` to the revision's replicas; a change is one line in the log."""
@@ -466,6 +553,12 @@ class Core:
                 load = ports.NO_LOAD
                 conditions.append(f"LoadMissing: no load reported for "
                                   f"{now - revision.load_at:.0f} s")
+            signal_problem = (signal_value(revision.signal)[1]
+                              if revision.target.policy.signal is not None else None)
+            if signal_problem is not None:
+                held = "replicas held" if replicas.desired else "requests wake it"
+                conditions.append(f"SignalMissing: {revision.target.policy.custom_signal}: "
+                                  f"{signal_problem}; {held}")
             if replicas.failure:
                 conditions.append(f"ReplicaFailed: {replicas.failure}")
             if revision.parked:
@@ -478,7 +571,10 @@ class Core:
                 rps=round(load.rps_6s, 2), inflight=load.inflight, p99_ms=load.p99_ms,
                 buffered=load.buffered, conditions=conditions,
                 reason=revision.parked or replicas.failure,
-                poke_to_start_ms=revision.poke_to_start_ms))
+                poke_to_start_ms=revision.poke_to_start_ms,
+                signal=revision.signal_used[0] if revision.signal_used else None,
+                signal_ready=revision.signal_used[1] if revision.signal_used else None,
+                demand=decision.stable_demand if decision else None))
         return rows
 
     async def close(self) -> None:

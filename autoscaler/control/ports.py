@@ -8,6 +8,7 @@ interface          local (sluice up)             Kubernetes                  sim
 Replicas           processes (local/replicas)    a Deployment's /scale+pods  a fluid replica set
 Capacity           the stack's GPU indices       nodes and pods' requests    the trace's GPUs
 LoadSource         the routers' /stats, pokes    the router pods' /stats     the trace
+SignalSource       Prometheus (custom signals)   the same                    the trace's signal
 RoutePublisher     PUT /routes to the router     PUT /routes to router pods  nothing
 StateStore         memory                        the custom resources' status  memory
 =================  ============================  ==========================  ===================
@@ -41,6 +42,8 @@ class RevisionTarget:
     """Its share of the service's traffic until a rollout sets another."""
     concurrency: int = 0
     """Most requests in flight per replica, enforced by the routers; 0 = no limit."""
+    namespace: str = ""
+    """Its Kubernetes namespace ("" elsewhere): what ``$namespace`` in a signal's query is."""
 
     @property
     def key(self) -> Key:
@@ -66,6 +69,8 @@ class RevisionLoad:
     """Mean requests in flight at replicas over the last ~1 s."""
     inflight: int = 0
     buffered: int = 0
+    streams: int = 0
+    """Streamed responses (an LLM's generations) in flight now."""
     p99_ms: float | None = None
     """Over the last minute or so; None when nothing was answered in it."""
     requests: int = 0
@@ -77,6 +82,8 @@ class RevisionLoad:
             return self.rps
         if kind is scaling.MetricKind.CONCURRENCY:
             return self.concurrency
+        if kind is scaling.MetricKind.STREAMS:
+            return float(self.streams)
         return 0.0
 
 
@@ -94,12 +101,15 @@ class Counters:
     latency_buckets: tuple[int, ...]
     latency_bounds_s: tuple[float, ...]
     """Upper bounds of the buckets; the last bucket is everything above the last bound."""
+    ttft_buckets: tuple[int, ...] = ()
+    """Streamed responses per time-to-first-byte bucket (the latency bounds); empty from a
+    router that does not measure them."""
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(self.requests + other.requests, self.errors + other.errors,
                         tuple(a + b for a, b in zip(self.latency_buckets,
                                                      other.latency_buckets, strict=True)),
-                        self.latency_bounds_s)
+                        self.latency_bounds_s, _added(self.ttft_buckets, other.ttft_buckets))
 
     def __sub__(self, earlier: Counters) -> Counters:
         """The window between an earlier snapshot and this one. Any count going down means the
@@ -109,11 +119,23 @@ class Counters:
         return Counters(self.requests - earlier.requests, self.errors - earlier.errors,
                         tuple(a - b for a, b in zip(self.latency_buckets,
                                                      earlier.latency_buckets, strict=True)),
-                        self.latency_bounds_s)
+                        self.latency_bounds_s,
+                        tuple(a - b for a, b in zip(self.ttft_buckets, earlier.ttft_buckets,
+                                                     strict=True))
+                        if earlier.ttft_buckets else self.ttft_buckets)
 
     def restarted_since(self, earlier: Counters) -> bool:
         return self.requests < earlier.requests or self.errors < earlier.errors or any(
-            a < b for a, b in zip(self.latency_buckets, earlier.latency_buckets, strict=True))
+            a < b for a, b in zip(self.latency_buckets, earlier.latency_buckets, strict=True)
+        ) or len(self.ttft_buckets) < len(earlier.ttft_buckets) or any(
+            a < b for a, b in zip(self.ttft_buckets, earlier.ttft_buckets, strict=False))
+
+
+def _added(ours: tuple[int, ...], theirs: tuple[int, ...]) -> tuple[int, ...]:
+    """Two histograms added; one that is empty (not measured) adds nothing."""
+    if not ours or not theirs:
+        return ours or theirs
+    return tuple(a + b for a, b in zip(ours, theirs, strict=True))
 
 
 class Replicas(Protocol):
@@ -186,6 +208,21 @@ class Reading:
 
 class MetricSource(Protocol):
     async def query(self, expr: str) -> Reading: ...
+
+
+@dataclass(frozen=True)
+class SignalQuery:
+    """One revision's custom signal, ready to send: its query with the revision's names in."""
+
+    query: str
+    timeout_s: float
+
+
+class SignalSource(Protocol):
+    async def signals(self, queries: Mapping[Key, SignalQuery]) -> Mapping[Key, Reading]:
+        """Every revision's signal, each queried once, concurrently (a bounded number at a
+        time), each within its timeout. Never raises: a query without a usable value (no
+        answer, an error, no data, NaN, a stale sample) is a Reading saying why."""
 
 
 @dataclass(frozen=True)

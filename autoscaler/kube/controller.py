@@ -87,8 +87,8 @@ class ControllerSettings:
     reveal nothing but ok. None: no health endpoint."""
     probe: replicas.ProbeSettings = field(default_factory=replicas.ProbeSettings)
     prometheus_url: str | None = None
-    """Prometheus base URL rollouts' custom metrics are queried at. None: a Rollout with custom
-    metrics is refused, saying so."""
+    """Prometheus base URL custom signals and rollouts' custom metrics are queried at. None: a
+    Rollout with custom metrics is refused, and a custom signal is missing, saying so."""
     prometheus_timeout_s: float = 2.0
     """Seconds one PromQL query may take; a slower answer counts as no answer."""
 
@@ -442,7 +442,8 @@ class Controller:
                  if template is not None and spec.gpus_per_replica else None)
         control = self._namespace(policy.namespace)
         revision = ports.RevisionTarget(service=spec.service, revision=spec.revision,
-                                        policy=spec, weight=self._weight(policy.namespace, spec))
+                                        policy=spec, weight=self._weight(policy.namespace, spec),
+                                        namespace=policy.namespace)
         old_key, old_target = policy.key, (policy.replicas.target if policy.replicas else None)
         if old_key is not None and (old_key != (spec.service, spec.revision)
                                     or old_target != target):
@@ -653,7 +654,8 @@ class Controller:
                 leader.FencedPublisher(client_, self.elector)
             store = StatusStore(self, namespace)
             control_core = core.Core(capacity=Capacity(self, namespace), publisher=publisher,
-                                     load=client_, store=store, tick_s=self.settings.tick_s)
+                                     load=client_, store=store, tick_s=self.settings.tick_s,
+                                     signals_=self.metrics)
             control = NamespaceControl(control_core, client_, store, driver.Rollouts(
                 control_core, client_, self.metrics, metrics_missing=(
                     "custom metrics need a Prometheus: start the controller with "
@@ -746,6 +748,9 @@ class Controller:
             conditions = status.conditions_for(
                 decision, ready=counts.ready, failure=failure,
                 unschedulable=policy.replicas.unschedulable, problem=None)
+            signal = status.signal_condition(policy.spec, revision.signal)
+            if signal is not None:
+                conditions.append(signal)
             body.update(desired=policy.replicas.desired, ready=counts.ready,
                         reason=status.explain(decision, policy.spec) if decision else "")
             self._events(policy, decision, failure)
@@ -854,8 +859,9 @@ def parse(argv: list[str]) -> Invocation:
                         help="act without a Lease (one replica only; default: elect a leader)")
     parser.add_argument("--lease-namespace", help="where the leader election's Lease lives "
                         "(default: the controller's own namespace)")
-    parser.add_argument("--prometheus-url", help="Prometheus base URL for rollouts' custom "
-                        "metrics, e.g. http://prometheus.monitoring:9090")
+    parser.add_argument("--prometheus-url", help="Prometheus base URL for ScalingPolicies' "
+                        "custom signals and rollouts' custom metrics, e.g. "
+                        "http://prometheus.monitoring:9090")
     parser.add_argument("--health-listen", default="0.0.0.0:8080",
                         help="HOST:PORT for /healthz and /readyz, or 'off' (default %(default)s)")
     args = parser.parse_args(argv)

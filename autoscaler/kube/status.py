@@ -9,6 +9,8 @@ Ready              True while the policy is enforced; False with why not: Invali
                    DuplicateRevision
 Active             True while replicas serve; False with ScaledToZero or Activating
 CapacityLimited    True when GPUs cap the count, with the scheduler's words
+SignalMissing      (policies with a custom signal) True while its value is missing, with why:
+                   replicas are held, never scaled down on it
 ReplicaFailed      True when a pod will not serve by itself (CrashLoopBackOff, …)
 Panicking, …       the decider's own conditions, True while they hold
 =================  =====================================================================
@@ -28,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.control import core, ports
 from autoscaler.kube import client
 from policies import decider, progression, resources, scaling
 
@@ -37,9 +40,11 @@ READY = "Ready"
 ACTIVE = "Active"
 CAPACITY_LIMITED = "CapacityLimited"
 REPLICA_FAILED = "ReplicaFailed"
+SIGNAL_MISSING = "SignalMissing"
 DECIDER_CONDITIONS = (decider.Condition.PANICKING, decider.Condition.SCALING_AHEAD,
                       decider.Condition.SCALE_DOWN_DELAYED)
-UNITS = {scaling.MetricKind.RPS: "requests/s", scaling.MetricKind.CONCURRENCY: "in flight"}
+UNITS = {scaling.MetricKind.RPS: "requests/s", scaling.MetricKind.CONCURRENCY: "in flight",
+         scaling.MetricKind.STREAMS: "streams"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,18 @@ def conditions_for(decision: decider.ScalingDecision | None, *, ready: int,
     wanted += [Condition(str(flag), flag in flags, str(flag) if flag in flags else "No" + flag,
                          "") for flag in DECIDER_CONDITIONS]
     return wanted
+
+
+def signal_condition(policy: scaling.ScalingPolicy,
+                     reading: ports.Reading | None) -> Condition | None:
+    """SignalMissing for a policy that scales on a custom signal; None for one that does not."""
+    if policy.signal is None:
+        return None
+    value, problem = core.signal_value(reading)
+    if value is not None:
+        return Condition(SIGNAL_MISSING, False, "SignalRead", "")  # no value: no write a tick
+    return Condition(SIGNAL_MISSING, True, "SignalMissing",
+                     f"{policy.custom_signal}: {problem}; replicas are held")
 
 
 def _reason_word(failure: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from autoscaler.rollouts import locate
 from policies import routing, validation
@@ -99,11 +100,17 @@ class ControllerSpec(_Model):
     tick_s: float = Field(1.0, ge=0.1, le=10, description=(
         "Seconds between scaling decisions; pokes from the routers decide at once in between."))
     prometheus_url: str | None = Field(None, pattern=r"^https?://", description=(
-        "Prometheus base URL the rollouts' custom metrics are queried at, e.g. "
-        "http://127.0.0.1:9090. Unset: a rollout with custom metrics is refused."))
+        "Prometheus base URL the custom signals of scaling policies and the rollouts' custom "
+        "metrics are queried at, e.g. http://127.0.0.1:9090. Unset: a policy on a custom "
+        "signal, or a rollout with custom metrics, is refused."))
     prometheus_timeout_s: float = Field(2.0, gt=0, le=60, description=(
-        "Seconds one PromQL query may take; a slower answer counts as no answer (the rollout "
-        "holds its step, and pauses after its failureLimit)."))
+        "Seconds one rollout PromQL query may take; a slower answer counts as no answer (the "
+        "rollout holds its step, and pauses after its failureLimit). A signal has its own "
+        "timeoutSeconds."))
+    prometheus_targets_file: Path | None = Field(None, description=(
+        "A Prometheus file_sd file (JSON) kept current with every ready replica, labelled "
+        "service and revision, so a Prometheus scrapes the replicas' own metrics for custom "
+        "signals (autoscaler/local/scrape.py). Unset: none is written."))
 
     @pydantic.field_validator("listen")
     @classmethod
@@ -134,6 +141,23 @@ class LocalStack(_Model):
             if not re.match(routing.NAME_PATTERN, name):
                 raise ValueError(f"service name {name!r} is not a DNS label")
         return services
+
+    @pydantic.model_validator(mode="after")
+    def _signals_have_a_source(self) -> Self:
+        if self.controller.prometheus_url is not None:
+            return self
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("no_prometheus", "a custom signal is queried at a "
+                                         "Prometheus: set controller.prometheus_url"),
+                loc=("services", name, "revisions", index, "scaling", "signal"),
+                input=revision.scaling.signal.query)
+            for name, service in self.services.items()
+            for index, revision in enumerate(service.revisions)
+            if revision.scaling.signal is not None]
+        if errors:
+            raise pydantic.ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
     @pydantic.model_validator(mode="after")
     def _distinct_ports(self) -> Self:

@@ -50,6 +50,7 @@ from autoscaler.local import (
     reaper,
     replicas,
     router_process,
+    scrape,
     stack,
 )
 from autoscaler.rollouts import api, driver, token
@@ -131,8 +132,13 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path, tag: str | None = Non
         admin = f"http://{spec.router.admin}"
         router_client = routers.RouterClient([routers.Router(admin, router_token)], session)
         pool = gpus.GpuPool(gpus.discover() if spec.gpus == "auto" else spec.gpus)
+        metrics = (prometheus.PrometheusSource(spec.controller.prometheus_url,
+                                               spec.controller.prometheus_timeout_s)
+                   if spec.controller.prometheus_url else None)
+        if metrics is not None:
+            resources.callback(metrics.close)
         control = core.Core(capacity=pool, publisher=router_client, load=router_client,
-                            tick_s=spec.controller.tick_s)
+                            tick_s=spec.controller.tick_s, signals_=metrics)
         for service_name, service in spec.services.items():
             if service.sticky is not None:
                 control.service_sticky[service_name] = service.sticky
@@ -142,9 +148,10 @@ async def run_stack(spec: stack.LocalStack, run_dir: Path, tag: str | None = Non
         resources.push_async_callback(control.close)
         router.supervise(control.table, control.republish)
         resources.push_async_callback(router.stop)  # drains while replicas still serve
-        metrics = (prometheus.PrometheusSource(spec.controller.prometheus_url,
-                                               spec.controller.prometheus_timeout_s)
-                   if spec.controller.prometheus_url else None)
+        if spec.controller.prometheus_targets_file is not None:
+            keeping_targets = asyncio.create_task(scrape.keep(
+                spec.controller.prometheus_targets_file, control, spec.controller.tick_s))
+            resources.callback(keeping_targets.cancel)
         rollouts = driver.Rollouts(control, router_client, metrics, metrics_missing=(
             "custom metrics need a Prometheus: set controller.prometheus_url in the stack file"))
         resources.push_async_callback(rollouts.stop)

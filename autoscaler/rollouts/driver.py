@@ -5,12 +5,12 @@ is the shell around them, and it steers revisions only through the control core'
 (weights, floors, parking, stickiness), so it runs unchanged over any driver. Every
 ``analysis.interval_s``, and at once when a person sends a command:
 
-1. observe: the routers' exact cumulative counters (requests, 5xx, latency histogram) per
-   revision; the window is the difference from the previous interval's. Custom metrics are
-   queried from Prometheus. Counters the routers did not give, or a custom metric without a
-   value, make the interval's verdict ``None``: the state machine counts it toward
-   ``failureLimit`` (then pauses) and never rolls back on it. Counters that were not read are
-   not lost: the next window covers both intervals.
+1. observe: the routers' exact cumulative counters (requests, 5xx, latency and time-to-first-
+   byte histograms) per revision; the window is the difference from the previous interval's.
+   Custom metrics are queried from Prometheus. Counters the routers did not give, or a custom
+   metric without a value, make the interval's verdict ``None``: the state machine counts it
+   toward ``failureLimit`` (then pauses) and never rolls back on it. Counters that were not
+   read are not lost: the next window covers both intervals.
 2. judge: the sequential judge adds each interval to its running state; thresholds and compare
    judge the current step's window (counters since the step began), and the state machine acts
    on them only once the step's floors are met.
@@ -88,8 +88,10 @@ def arm_window(window: ports.Counters | None) -> judges.ArmWindow:
     """One revision's counters over a window as the judges read them."""
     if window is None or window.requests == 0:
         return judges.ArmWindow(0, 0)
+    ttft = (judges.Latencies.from_histogram(window.latency_bounds_s, window.ttft_buckets)
+            if window.ttft_buckets else judges.Latencies.empty())
     return judges.ArmWindow(window.requests, window.errors, judges.Latencies.from_histogram(
-        window.latency_bounds_s, window.latency_buckets))
+        window.latency_bounds_s, window.latency_buckets), ttft)
 
 
 def since(now: ports.Counters | None, before: ports.Counters | None) -> ports.Counters | None:

@@ -22,7 +22,9 @@ from policies import scaling, validation
 UsageError = model.UsageError
 
 
-def load_policy_file(path: Path) -> scaling.ScalingPolicy:
+def load_policy_file(path: Path, trace: traces.Trace | None = None) -> scaling.ScalingPolicy:
+    """A policy the simulator can replay ``trace`` against: on requests (rps, concurrency,
+    streams) for a request-rate trace, on a custom signal for a custom-signal trace."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -35,10 +37,16 @@ def load_policy_file(path: Path) -> scaling.ScalingPolicy:
         policy = scaling.load_policy(data)
     except pydantic.ValidationError as exc:
         raise UsageError(f"{path}: invalid policy\n{validation.describe(exc)}") from None
-    if policy.metric_kind is scaling.MetricKind.CUSTOM:
+    signal_trace = trace is not None and trace.signal is not None
+    if signal_trace and policy.metric_kind is not scaling.MetricKind.CUSTOM:
+        raise UsageError(f"{path}: invalid policy for the simulator\nmetric: a custom-signal "
+                         f"trace replays a signal, so the policy must scale on 'custom:<name>', "
+                         f"got {policy.metric!r}")
+    if not signal_trace and policy.metric_kind is scaling.MetricKind.CUSTOM:
         raise UsageError(f"{path}: invalid policy for the simulator\nmetric: the simulator "
-                         f"replays requests, so the policy must scale on 'rps' or "
-                         f"'concurrency', got {policy.metric!r}")
+                         f"replays request rates, so the policy must scale on 'rps', "
+                         f"'concurrency' or 'streams' (or use a custom-signal trace, "
+                         f"t,rps,signal), got {policy.metric!r}")
     return policy
 
 
@@ -59,10 +67,12 @@ def parser() -> argparse.ArgumentParser:
         prog="sluice simulate", description="Replay a request-rate trace against a scaling "
         "policy, next to Knative's KPA, an HPA and a perfect-foresight oracle.")
     parse.add_argument("--policy", type=Path, required=True,
-                       help="ScalingPolicy YAML (metric: rps, or concurrency with a service "
-                       "time), e.g. examples/policies/cpu.yaml")
+                       help="ScalingPolicy YAML (metric: rps, concurrency or streams with a "
+                       "service time, or custom:<name> for a custom-signal trace), e.g. "
+                       "examples/policies/cpu.yaml")
     parse.add_argument("--trace", required=True, help=f"one of {', '.join(traces.BUNDLED)}, "
-                       "or FILE.csv with columns t,rps")
+                       "or FILE.csv with columns t,rps (or t,rps,signal: a custom-signal "
+                       "trace)")
     parse.add_argument("--plot", type=Path, help="draw load, ready capacity and replicas to PNG")
     parse.add_argument("--json", action="store_true", help="print the results as JSON")
     parse.add_argument("--tick", type=int, choices=(1, 2), default=1,
@@ -86,8 +96,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        policy = load_policy_file(args.policy)
         trace = load_trace(args.trace, args.seed)
+        policy = load_policy_file(args.policy, trace)
         if args.from_zero:
             trace = dataclasses.replace(trace, from_zero=True)
         replicas = model.replica_model(trace, policy, args.capacity, args.cold_start,

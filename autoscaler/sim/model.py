@@ -66,7 +66,7 @@ import numpy as np
 
 from autoscaler.control import core, ports
 from autoscaler.sim import traces
-from policies import baselines, decider, scaling
+from policies import baselines, decider, scaling, signals
 
 WARMUP_S = 120
 """Two stable windows: every decider's history is full and a restart's panic is over."""
@@ -86,16 +86,23 @@ KEY: ports.Key = ("sim", "sim")
 @dataclass(frozen=True)
 class ReplicaModel:
     capacity_rps: float
-    """Requests per second one ready replica serves."""
+    """Requests per second one ready replica serves (a request-rate trace)."""
     cold_start_s: float
     """Seconds from a replica's start (GPUs granted) to ready."""
     gpus_per_replica: int = 0
     gpu_inventory: int | None = None
     """GPUs the revision may use; None when not GPU-bound."""
     service_s: float | None = None
-    """Seconds a request is in flight at a replica, for a policy on concurrency: the scalers
-    then see the requests served in a second times this (Little's law; the one-second steps
-    hold it for service times up to a second) instead of the arrival rate. None for rps."""
+    """Seconds a request is in flight at a replica, for a policy on concurrency or a
+    custom-signal trace: the scalers then see the requests served in a second times this
+    (Little's law) instead of the arrival rate. None for rps (one second: in flight = served)."""
+
+    def capacity_at(self, signal: float | None) -> float:
+        """Requests per second a ready replica serves when each one in flight adds ``signal``
+        to it (a custom-signal trace): it holds signal up to 1 (a full KV cache)."""
+        if signal is None:
+            return self.capacity_rps
+        return 1.0 / (signal * (self.service_s or 1.0))
 
     @property
     def replica_limit(self) -> int | None:
@@ -255,9 +262,10 @@ class SimClock:
 
 
 def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[Any],
-        tick_s: int, model: ReplicaModel, initial: int) -> Run:
+        tick_s: int, model: ReplicaModel, initial: int, signal: Rates | None = None) -> Run:
     """Replay ``arrivals`` (WARMUP_S seconds of warm-up first, then the measured trace) with the
-    control core deciding every ``tick_s`` seconds."""
+    control core deciding every ``tick_s`` seconds; ``signal`` is a custom-signal trace's
+    signal per request in flight, each second (the trace's SignalSource)."""
     fleet = Fleet(model, initial)
     clock = SimClock()
     control = core.Core(capacity=fleet, clock=clock, decider_=decides)
@@ -267,6 +275,7 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
     served_per_s: list[float] = []
     serving_from: list[float] = []
     series = Series([], [], [], [], [])
+    per_request = signal.tolist() if signal is not None else None
     for second, arriving in enumerate(arrivals.tolist()):
         now = float(second - WARMUP_S)
         if fleet.total == 0 and arriving > 0:
@@ -280,7 +289,8 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
             desired = fleet.desired
         clock.now = now
         fleet.advance(now)
-        capacity = (fleet.ready + fleet.ready_within(now)) * model.capacity_rps
+        held_per_request = per_request[second] if per_request is not None else None
+        capacity = (fleet.ready + fleet.ready_within(now)) * model.capacity_at(held_per_request)
         waiting = queue
         served = min(waiting + arriving, capacity)
         queue = waiting + arriving - served
@@ -298,7 +308,13 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
         if second % tick_s == 0:
             rate = arrived_since_tick / seconds_since_tick
             arrived_since_tick, seconds_since_tick = 0.0, 0
-            control.step({KEY: _load(model, rate, queue, served)})
+            load = _load(model, rate, queue, served)
+            readings = None
+            if policy.signal is not None and held_per_request is not None:
+                readings = {KEY: _signal_reading(policy.signal,
+                                                 load.concurrency * held_per_request,
+                                                 fleet.ready)}
+            control.step({KEY: load}, readings)
             if now >= 0 and fleet.desired != desired:
                 events += 1
             desired = fleet.desired
@@ -332,6 +348,14 @@ def _load(model: ReplicaModel, rate: float, queue: float, served: float) -> port
     concurrency = served if model.service_s is None else served * model.service_s
     return ports.RevisionLoad(rps=rate, rps_6s=rate, concurrency=concurrency,
                               inflight=round(served), buffered=round(queue))
+
+
+def _signal_reading(signal: signals.Signal, held: float, ready: int) -> ports.Reading:
+    """What the query would return: the signal the ready replicas hold, as one replica's
+    average (AverageValue; none without a replica, as no series exists) or in total."""
+    if signal.type is signals.SignalType.VALUE:
+        return ports.Reading(held)
+    return ports.Reading(held / ready) if ready else ports.Reading(None, "no data")
 
 
 def _delays(arrivals: Rates, served: Rates, skip_s: int,
@@ -379,19 +403,52 @@ def kpa_policy(policy: scaling.ScalingPolicy) -> scaling.ScalingPolicy:
 
 def simulate(trace: traces.Trace, policy: scaling.ScalingPolicy, model: ReplicaModel,
              tick_s: int = 1) -> dict[str, Run]:
-    """Run the four scalers on the trace; results by name: sluice, kpa, hpa, oracle."""
+    """Run the four scalers on the trace; results by name: sluice, kpa, hpa, oracle.
+
+    On a custom-signal trace sluice and the HPA follow the policy's signal; the KPA follows
+    requests in flight (concurrency), with the target a replica holds at the trace's typical
+    signal per request and the policy's aim (``kpa_on_concurrency``): the scaler people run
+    today on an LLM, tuned for its usual requests. A replica holds signal up to 1 (a full
+    cache) and the oracle keeps each at the policy's aim, as the scalers try to."""
     start = 0.0 if trace.from_zero else float(np.median(trace.rps[:WARMUP_RATE_S]))
     arrivals = np.concatenate([np.full(WARMUP_S, start), trace.rps])
-    plan = baselines.oracle_replicas(arrivals, model.capacity_rps, policy, model.replica_limit)
+    signal = None
+    if trace.signal is not None:
+        signal = np.concatenate([np.full(WARMUP_S, float(np.median(
+            trace.signal[:WARMUP_RATE_S]))), trace.signal])
+        # Replicas' worth of signal each second, at the policy's aim: a fuller KV cache means
+        # preempted requests, so the oracle holds the aim as the others try to.
+        load = arrivals * signal * (model.service_s or 1.0)
+        plan = baselines.oracle_replicas(load, min(1.0, policy.target_per_replica), policy,
+                                         model.replica_limit)
+        kpa = kpa_on_concurrency(policy, float(np.median(trace.signal)), model)
+    else:
+        plan = baselines.oracle_replicas(arrivals, model.capacity_rps, policy,
+                                         model.replica_limit)
+        kpa = kpa_policy(policy)
     instant = dataclasses.replace(model, cold_start_s=0.0)
+    # The oracle follows its plan; a signal it would wait for does not concern it.
+    planned = policy.model_copy(update={"metric": "rps", "signal": None})
     scalers: dict[str, tuple[scaling.ScalingPolicy, core.Decider[Any], int, ReplicaModel]] = {
         "sluice": (policy, core.SLUICE, tick_s, model),
-        "kpa": (kpa_policy(policy), KPA, KPA_TICK_S, model),
+        "kpa": (kpa, KPA, KPA_TICK_S, model),
         "hpa": (policy, HPA, 1, model),
-        "oracle": (policy, _following(plan), 1, instant),
+        "oracle": (planned, _following(plan), 1, instant),
     }
-    return {name: run(arrivals, scaler_policy, decides, tick, replicas, plan[0])
+    return {name: run(arrivals, scaler_policy, decides, tick, replicas, plan[0], signal)
             for name, (scaler_policy, decides, tick, replicas) in scalers.items()}
+
+
+def kpa_on_concurrency(policy: scaling.ScalingPolicy, typical_signal: float,
+                       model: ReplicaModel) -> scaling.ScalingPolicy:
+    """Knative's KPA on requests in flight for a custom-signal policy's workload: a replica
+    holds 1 / typical_signal requests (a full cache of typical ones), aimed at the fraction of
+    it the signal's target aims at; bounds and GPU shape as the policy's."""
+    keep = ("min_replicas", "max_replicas", "gpus_per_replica", "gpu_resource")
+    aim = min(1.0, policy.target_per_replica)
+    return scaling.ScalingPolicy(metric="concurrency", target=1.0 / typical_signal,
+                                 target_utilization=aim,
+                                 **{name: getattr(policy, name) for name in keep})
 
 
 KPA: core.Decider[decider.DeciderState] = core.Decider(
@@ -416,14 +473,19 @@ def replica_model(trace: traces.Trace, policy: scaling.ScalingPolicy,
                   gpus: int | None = None, service_s: float | None = None) -> ReplicaModel:
     """The trace's replica model, the policy's capacity and GPU shape, and any overrides. On
     concurrency a replica serves the in-flight requests it aims for over the service time per
-    second; UsageError when neither the trace nor the override gives a service time."""
+    second; UsageError when neither the trace nor the override gives a service time. On a
+    custom-signal trace a replica's capacity follows the signal (``capacity_at``); the rps
+    figure is then what it serves at the trace's typical signal."""
     per_replica = policy.per_replica
     service = None
-    if policy.metric_kind is scaling.MetricKind.CONCURRENCY:
+    if trace.signal is not None:
+        service = traces.REQUEST_S
+        capacity = capacity or 1.0 / (float(np.median(trace.signal)) * service)
+    elif policy.counts_in_flight:
         service = trace.service_s if service_s is None else service_s
         if service is None:
-            raise UsageError("invalid policy for the simulator\nmetric: concurrency needs the "
-                             "requests' service time: --service-time SECONDS")
+            raise UsageError(f"invalid policy for the simulator\nmetric: {policy.metric} needs "
+                             "the requests' service time: --service-time SECONDS")
         per_replica /= service
     return ReplicaModel(
         capacity_rps=capacity or per_replica,

@@ -20,7 +20,9 @@ def plot(trace: traces.Trace, replica_model: model.ReplicaModel, runs: dict[str,
     seconds = np.arange(trace.duration_s)
     for load, replicas, (name, result) in zip(loads, counts, runs.items(), strict=True):
         load.plot(seconds, trace.rps, color="0.55", linewidth=0.6, label="load (rps)")
-        capacity = np.asarray(result.series.ready) * replica_model.capacity_rps
+        per_replica = (replica_model.capacity_rps if trace.signal is None else
+                       1.0 / (trace.signal * (replica_model.service_s or 1.0)))
+        capacity = np.asarray(result.series.ready) * per_replica
         load.step(seconds, capacity, where="post",
                   color="tab:blue", linewidth=1.0, label="ready capacity (rps)")
         load.fill_between(seconds, 0, 1, where=result.series.violated, step="post",

@@ -7,6 +7,13 @@ model it is meant for (cold start, GPU inventory) and the example policy it is b
 
 CSV traces have a header ``t,rps`` and one row per change of rate: ``rps`` holds from ``t``
 until the next row's ``t``, the last row for one second. Times are seconds, increasing.
+
+A *custom-signal* trace has a third column, ``t,rps,signal``: what one request in flight adds
+to a replica's custom signal (its KV-cache fraction, say; 0.05 is 5 % of a replica's cache), so
+a GPU policy on ``metric: custom:<name>`` can be tuned offline. Requests are then in flight
+``REQUEST_S`` (a generation), a replica holds signal up to 1 (a full cache), and what it serves
+per second follows: 1 / (signal x REQUEST_S) requests (autoscaler/sim/model.py). The bundled
+``gpu-kv`` is one.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import numpy.typing as npt
 DEFAULT_SEED = 20240611
 CPU_COLD_START_S = 10.0
 """Pod start plus model load of a small CPU model server."""
+REQUEST_S = 8.0
+"""Seconds an LLM request is in flight in a custom-signal trace: a generation's decode."""
 MAX_TRACE_S = 7 * 24 * 3600
 """A week of seconds: the longest CSV trace accepted, so a typo in ``t`` fails clearly."""
 
@@ -47,6 +56,9 @@ class Trace:
     service_s: float | None = None
     """Seconds a request is in flight at a replica, for a trace benchmarked with a policy on
     concurrency; None for rps."""
+    signal: Rates | None = None
+    """A custom-signal trace's signal per request in flight, each second (module docstring);
+    None for a request-rate trace."""
 
     @property
     def duration_s(self) -> int:
@@ -151,9 +163,23 @@ def _bursts_from_zero(seed: int) -> Rates:
     return rate
 
 
+def gpu_kv(seed: int) -> Trace:
+    """An LLM whose requests change shape: chat (5 % of a replica's KV cache each) at 3 rps
+    rising to 4, then 20 min of long-document requests (15 % each: three times the cache at
+    the same rate), then chat again. The request rate hardly moves, and requests in flight
+    only as much: a replica holds 20 chat requests but 6 long ones, which only the cache
+    signal shows. Replicas load the model for 120 s; 40 GPUs hold 20 two-GPU replicas."""
+    rate = np.concatenate([np.full(600, 3.0), np.linspace(3.0, 4.0, 600), np.full(1800, 4.0)])
+    signal = np.concatenate([np.full(1200, 0.05), np.full(1200, 0.15), np.full(600, 0.05)])
+    return Trace("gpu-kv", _arrivals(rate, seed),
+                 "LLM traffic 3 → 4 rps; requests use 5 % of a replica's KV cache, 15 % for "
+                 "20 min of long documents, then 5 % again",
+                 cold_start_s=120.0, gpu_inventory=40, policy="gpu-kv.yaml", signal=signal)
+
+
 BUNDLED: dict[str, Callable[[int], Trace]] = {
     "step": step, "spike": spike, "diurnal": diurnal, "bursty": bursty, "gpu": gpu,
-    "steady": steady, "zero-step": zero_step, "zero-bursts": zero_bursts,
+    "steady": steady, "gpu-kv": gpu_kv, "zero-step": zero_step, "zero-bursts": zero_bursts,
     "zero-concurrency": zero_concurrency,
 }
 """The bundled traces by name."""
@@ -173,14 +199,17 @@ def load_csv(path: Path) -> Trace:
         raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
     rows = csv.reader(text.splitlines())
     header = [name.strip() for name in next(rows, [])]
-    if header != ["t", "rps"]:
-        raise TraceError(f"{path}:1: the header must be 't,rps', got {','.join(header)!r}")
+    if header not in (["t", "rps"], ["t", "rps", "signal"]):
+        raise TraceError(f"{path}:1: the header must be 't,rps' or 't,rps,signal', got "
+                         f"{','.join(header)!r}")
     changes: list[tuple[float, float]] = []
+    signals: list[tuple[float, float]] = []
     for line, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) != 2:
-            raise TraceError(f"{path}:{line}: expected 2 columns (t,rps), got {len(row)}")
+        if len(row) != len(header):
+            raise TraceError(f"{path}:{line}: expected {len(header)} columns "
+                             f"({','.join(header)}), got {len(row)}")
         t = _number(path, line, "t", row[0])
         rps = _number(path, line, "rps", row[1])
         if changes and t <= changes[-1][0]:
@@ -189,9 +218,16 @@ def load_csv(path: Path) -> Trace:
         if t > MAX_TRACE_S:
             raise TraceError(f"{path}:{line}: t must be at most {MAX_TRACE_S} s, got {t:g}")
         changes.append((t, rps))
+        if len(row) == 3:
+            signal = _number(path, line, "signal", row[2])
+            if signal <= 0:
+                raise TraceError(f"{path}:{line}: signal must be above 0 (what a request in "
+                                 f"flight adds), got {signal:g}")
+            signals.append((t, signal))
     if not changes:
         raise TraceError(f"{path}: no rows after the header")
-    return Trace(path.stem, _held(changes), f"{path.name}: {len(changes)} rows")
+    return Trace(path.stem, _held(changes), f"{path.name}: {len(changes)} rows",
+                 signal=_held(signals) if signals else None)
 
 
 def _number(path: Path, line: int, column: str, cell: str) -> float:

@@ -140,7 +140,8 @@ class RouterClient:
                     raise ValueError("a router sent stats without the raw counters asked for")
                 mine[(row.service, row.revision)] = ports.Counters(
                     requests=sum(raw.by_class), errors=raw.by_class[5],
-                    latency_buckets=tuple(raw.latency_buckets), latency_bounds_s=bounds)
+                    latency_buckets=tuple(raw.latency_buckets), latency_bounds_s=bounds,
+                    ttft_buckets=tuple(raw.ttft_buckets))
         return snapshot
 
     async def publish(self, table: routing.RouteTable) -> None:
@@ -229,6 +230,7 @@ def _summed(rows: list[wire.RevisionStats], p99_ms: float | None) -> ports.Revis
         concurrency=sum(r.inflight_avg.get("1s", 0.0) for r in rows),
         inflight=sum(r.inflight for r in rows),
         buffered=sum(r.buffered for r in rows),
+        streams=sum(r.streams.inflight for r in rows),
         p99_ms=p99_ms,
         requests=sum(r.requests.get("total", 0) for r in rows),
         errors=sum(r.requests.get("5xx", 0) for r in rows),

@@ -139,8 +139,22 @@ INVALID_SPECS = [
         "initialScale", "must not exceed maxReplicas", id="initial-scale-over-max",
     ),
     pytest.param(
-        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=None), "target",
+        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=None,
+                                              signal={"query": "avg(kv)"}), "target",
         "required for a custom metric", id="custom-metric-without-target",
+    ),
+    pytest.param(
+        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=0.6), "signal",
+        "required for a custom metric: its query", id="custom-metric-without-signal",
+    ),
+    pytest.param(
+        "ScalingPolicy", _scaling_policy_spec(signal={"query": "avg(kv)"}), "signal",
+        "only a custom metric (custom:<name>) has a signal", id="signal-without-custom-metric",
+    ),
+    pytest.param(
+        "ScalingPolicy", _scaling_policy_spec(metric="custom:kv-cache", target=0.6, signal={
+            "query": "avg(kv)", "type": "Median"}), "signal.type", "Unsupported value",
+        id="signal-of-an-unknown-type",
     ),
     pytest.param(
         "ScalingPolicy", _scaling_policy_spec(targetUtilization=1.5), "targetUtilization",

@@ -203,12 +203,14 @@ async def test_a_locust_step_ends_at_the_count_the_local_stack_reaches_for_the_s
                            stableWindowSeconds=10, command=kserve.model_server_command(
                                SERVICE, "--latency", "0.02"))
     seen: list[tuple[float, int, int]] = []
+    reasons: list[str] = []
     stop = asyncio.Event()
 
     async def record() -> None:
         while not stop.is_set():
             status = cluster.policy_status("fraud-v1")
             seen.append((time.monotonic(), status.get("desired", 0), status.get("ready", 0)))
+            reasons.append(f"{seen[-1][0] - began:.1f}s: {status.get('reason')}")
             await asyncio.sleep(0.5)
 
     recorder = asyncio.create_task(record())
@@ -223,5 +225,5 @@ async def test_a_locust_step_ends_at_the_count_the_local_stack_reaches_for_the_s
     assert summary.failures == 0, summary.status_codes
     assert seen[0][2] == 0, "it started from zero"
     last = [(desired, ready) for at, desired, ready in seen if began + 30 < at < began + 39]
-    assert last and all(3 <= desired <= 5 for desired, _ in last), seen
+    assert last and all(3 <= desired <= 5 for desired, _ in last), "\n".join(reasons)
     assert any(3 <= ready <= 5 for _, ready in last), last

@@ -123,7 +123,7 @@ def test_generated_router_objects_pass_strict_validation(k8s_cluster, k8s_namesp
         apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
         stored = apps.read_namespaced_deployment("fraud-router", k8s_namespace)
         pod = api.sanitize_for_serialization(stored.spec.template.spec)
-        expected = made[1]["spec"]["template"]["spec"]
+        expected = next(o for o in made if o["kind"] == "Deployment")["spec"]["template"]["spec"]
         # Nothing sluice wrote was dropped on the way in (defaults are added, not compared).
         assert pod["containers"][0]["lifecycle"] == expected["containers"][0]["lifecycle"]
         assert pod["containers"][0]["securityContext"] == \

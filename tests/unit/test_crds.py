@@ -111,7 +111,8 @@ def test_status_conditions_are_a_map_keyed_by_type():
 def test_cross_field_checks_are_cel_rules_on_the_fields_pydantic_names():
     rules = crds.structural_schema(resources.ScalingPolicySpec)["x-kubernetes-validations"]
     by_field = {rule["fieldPath"]: rule for rule in rules}
-    assert set(by_field) == {".target", ".minReplicas", ".initialScale", ".activationScale"}
+    assert set(by_field) == {".target", ".signal", ".minReplicas", ".initialScale",
+                             ".activationScale"}
     assert by_field[".minReplicas"]["rule"] == (
         "self.maxReplicas == 0 || self.minReplicas <= self.maxReplicas"
     )

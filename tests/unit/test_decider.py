@@ -14,13 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import decider, scaling
+from policies import decider, scaling, signals
 
 Condition = decider.Condition
 DECIDERS = [
     pytest.param(decider.decide, id="sluice"),
     pytest.param(decider.kpa_decide, id="kpa"),
 ]
+
+
+SIGNAL = signals.Signal(query="sum(queue_waiting)")
+"""A custom signal's definition; the decider sees only its value."""
 
 
 def policy(**overrides):
@@ -69,11 +73,11 @@ def served_before(value, service_s):
             decider.ScalingInputs(now=60, value=700, ready=10),
             10, 10, set(), id="rps-target"),
         pytest.param(
-            policy(metric="custom:kv-cache", target=1), settled(3.5),
+            policy(metric="custom:kv-cache", target=0.7, signal=SIGNAL), settled(3.5),
             decider.ScalingInputs(now=60, value=3.5, ready=5),
             5, 5, set(), id="custom-signal-target"),
         pytest.param(
-            policy(metric="custom:kv-cache", target=1), settled(3.5),
+            policy(metric="custom:kv-cache", target=0.7, signal=SIGNAL), settled(3.5),
             decider.ScalingInputs(now=60, value=7, ready=5),
             10, 6, set(), id="clear-rise-of-a-noiseless-signal-counts-at-once"),
         pytest.param(
@@ -532,8 +536,9 @@ observations = st.fixed_dictionaries({
 def policies(draw):
     floor = draw(st.integers(0, 5))
     ceiling = draw(st.sampled_from([0, floor + draw(st.integers(1, 30))]))
+    metric = draw(st.sampled_from(["rps", "concurrency", "streams", "custom:queue"]))
     return scaling.ScalingPolicy(
-        metric=draw(st.sampled_from(["rps", "concurrency", "custom:queue"])),
+        metric=metric, signal=SIGNAL if metric.startswith("custom:") else None,
         target=draw(st.floats(0.5, 200)),
         min_replicas=floor,
         max_replicas=ceiling,

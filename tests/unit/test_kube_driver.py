@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from autoscaler.control import ports
 from autoscaler.kube import pods, replicas, selectors, status
 from policies import decider, scaling
 
@@ -178,6 +179,24 @@ def test_conditions_say_what_holds():
     problem = status.Condition("Ready", False, "AutoscalerConflict", "hpa would fight")
     assert status.conditions_for(None, ready=0, failure=None, unschedulable=None,
                                  problem=problem) == [problem]
+
+
+@pytest.mark.parametrize(("reading", "missing", "why"), [
+    (None, True, "not read yet"),
+    (ports.Reading(None, "Prometheus at http://127.0.0.1:9 refused the connection"), True,
+     "refused the connection"),
+    (ports.Reading(float("nan")), True, "NaN"),
+    (ports.Reading(0.4), False, ""),
+])
+def test_a_custom_signal_says_when_it_is_missing_and_why(reading, missing, why):
+    policy = scaling.load_policy({"metric": "custom:kv-cache", "target": 0.5, "signal": {
+        "query": 'avg(kv{revision="$revision"})', "type": "AverageValue"}})
+    shown = status.signal_condition(policy, reading)
+    assert shown is not None and shown.type == "SignalMissing"
+    assert shown.status is missing
+    assert why in shown.message and (not missing or shown.message.startswith("kv-cache: "))
+    assert status.signal_condition(scaling.load_policy({"metric": "rps", "target": 5}),
+                                   reading) is None
 
 
 def test_a_condition_keeps_its_transition_time_while_its_status_stays():

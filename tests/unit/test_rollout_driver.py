@@ -103,7 +103,8 @@ def test_canary_needed_sizes_the_weights_share_of_the_load(weight, demand, neede
 
 def test_canary_needed_never_exceeds_max_replicas_and_is_one_for_a_custom_signal():
     assert rollout_driver.canary_needed(100, 1000.0, policy(maxReplicas=3)) == 3
-    custom = scaling.load_policy({"metric": "custom:kv-cache", "target": 0.8})
+    custom = scaling.load_policy({"metric": "custom:kv-cache", "target": 0.8,
+                                  "signal": {"query": "avg(kv_cache_usage)"}})
     assert rollout_driver.canary_needed(50, 1000.0, custom) == 1
 
 

@@ -59,7 +59,9 @@ def test_yaml_form_is_camel_case():
 
 @pytest.mark.parametrize("by_alias", [True, False], ids=["camelCase", "snake_case"])
 def test_dump_loads_back(by_alias):
-    policy = scaling.load_policy({"metric": "custom:kv-cache", "target": 0.5, "maxReplicas": 4})
+    policy = scaling.load_policy({"metric": "custom:kv-cache", "target": 0.5, "maxReplicas": 4,
+                                  "signal": {"query": "avg(kv_cache_usage)", "type": "Value",
+                                             "activationThreshold": 0.1, "timeoutSeconds": 3}})
     assert scaling.load_policy(policy.model_dump(by_alias=by_alias)) == policy
 
 
@@ -68,13 +70,16 @@ def test_dump_loads_back(by_alias):
     [
         pytest.param("rps", scaling.MetricKind.RPS, None, id="rps"),
         pytest.param("concurrency", scaling.MetricKind.CONCURRENCY, None, id="concurrency"),
+        pytest.param("streams", scaling.MetricKind.STREAMS, None, id="streams"),
         pytest.param("custom:kv-cache", scaling.MetricKind.CUSTOM, "kv-cache", id="custom"),
         pytest.param("custom:vllm.num_waiting", scaling.MetricKind.CUSTOM, "vllm.num_waiting",
                      id="custom-prometheus-style"),
     ],
 )
 def test_metric_kinds(metric, kind, signal):
-    policy = scaling.load_policy({"metric": metric, "target": 1})
+    custom = {"signal": {"query": "sum(queue_waiting)"}} if kind is scaling.MetricKind.CUSTOM \
+        else {}
+    policy = scaling.load_policy({"metric": metric, "target": 1, **custom})
     assert (policy.metric_kind, policy.custom_signal) == (kind, signal)
 
 
@@ -109,7 +114,12 @@ def test_panic_window(stable_window_s, panic_percentage, panic_window_s):
         pytest.param({"metric": "latency"}, "metric", id="unknown-metric"),
         pytest.param({"metric": "custom:"}, "metric", id="custom-without-name"),
         pytest.param({"metric": "custom:Bad Name", "target": 1}, "metric", id="custom-bad-name"),
-        pytest.param({"metric": "custom:kv-cache"}, "target", id="custom-without-target"),
+        pytest.param({"metric": "custom:kv-cache", "signal": {"query": "avg(kv)"}}, "target",
+                     id="custom-without-target"),
+        pytest.param({"metric": "custom:kv-cache", "target": 1}, "signal",
+                     id="custom-without-signal"),
+        pytest.param({"metric": "rps", "signal": {"query": "avg(kv)"}}, "signal",
+                     id="signal-without-custom-metric"),
         pytest.param({"target": 0}, "target", id="zero-target"),
         pytest.param({"targetUtilization": 0}, "targetUtilization", id="zero-utilization"),
         pytest.param({"targetUtilization": 1.2}, "targetUtilization", id="utilization-over-1"),
@@ -188,7 +198,9 @@ def test_schema_describes_every_field_and_carries_bounds():
                  id="at-least-one"),
     pytest.param({"metric": "concurrency"}, 70, id="knative-default-100x0.7"),
     pytest.param({"metric": "rps", "target": 50}, 0, id="rps-unpaced"),
-    pytest.param({"metric": "custom:kv", "target": 0.8}, 0, id="custom-unpaced"),
+    pytest.param({"metric": "custom:kv", "target": 0.8, "signal": {"query": "avg(kv)"}}, 0,
+                 id="custom-unpaced"),
+    pytest.param({"metric": "streams", "target": 8}, 0, id="streams-unpaced"),
 ])
 def test_release_pace_for_the_route_table(policy, pace):
     assert scaling.load_policy(policy).release_concurrency == pace

@@ -180,7 +180,8 @@ def test_a_duration_scale_out_of_range_is_refused(scale):
                  id="concurrency-by-littles-law"),
     pytest.param({"metric": "concurrency", "target": 4}, 100, None, None,
                  id="concurrency-without-latency"),
-    pytest.param({"metric": "custom:kv-cache", "target": 0.8}, 100, 0.05, None, id="custom"),
+    pytest.param({"metric": "custom:kv-cache", "target": 0.8, "signal": {"query": "avg(kv)"}},
+                 100, 0.05, None, id="custom"),
 ])
 def test_the_policy_count_for_a_rate(policy, rps, latency_s, replicas):
     assert scenario.policy_replicas(scaling.load_policy(policy), rps, latency_s) == replicas

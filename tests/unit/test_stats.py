@@ -28,6 +28,20 @@ def test_rates_over_windows():
     assert summary["requests"]["2xx"] == 600
 
 
+@pytest.mark.parametrize("phase", [0.05, 0.3, 0.55, 0.8, 0.99])
+def test_a_rate_does_not_depend_on_when_bursts_fall_in_the_second(phase):
+    """20 clients released together by a cold start send in step, 20 requests every 0.5 s:
+    40 requests/s, read as 40 whatever the moment of the reading (over a second and a
+    fraction it read 20 to 80, and the controller held 6 replicas for a load that needs 4)."""
+    s = stats.RevisionStats(0.0)
+    for tick in range(40):
+        for _ in range(20):
+            s.arrived(0.2 + tick / 2)
+    summary = stats.summarize(s.raw(19.0 + phase))
+    assert summary["rps"]["1s"] == 40
+    assert summary["rps"]["6s"] == 40
+
+
 def test_time_averaged_inflight_counts_time_not_events():
     """One request in flight for 10 s averages 1.0 over the last 6 s, with no events in it."""
     s = stats.RevisionStats(0.0)
