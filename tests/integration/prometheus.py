@@ -18,6 +18,7 @@ class Prometheus:
             pytest.fail("prometheus is not installed: run `make system-deps` (Debian package)")
         self.port = port or procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         config = tmp_path / "prometheus.yml"
         config.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
