@@ -4,9 +4,12 @@ end with Locust traffic through the real router to real model-server replicas.
 The test policy is short where the statistics allow: weights 20 → 50 → 100, each step at least
 5 s and 50 canary requests, a verdict every second, errors margin 2 points (so a good canary at
 ~16 RPS is shown within the margin in ~10 s, and a canary with 5 % errors can never be), latency
-tolerance 20 % (a freshly started canary process is a little slower at first; 50 % slower is
-far outside it). Waiting is on conditions with deadlines; no assertion is on elapsed time, but
-the exposure bound of the error test is computed from the recorded verdict times.
+tolerance 50 %: the good canary is as fast as stable (a freshly started process is a little
+slower at first), the slow one 5 times slower (200 ms against 40 ms), so what two busy cores
+add to both arms (it squeezes their ratio) would have to reach ~280 ms a request to flip a
+verdict. Waiting is on conditions with deadlines or on the router's counts; no assertion is
+on elapsed time, but the exposure bound of the error test is computed from the recorded
+verdict times (at Locust's target rate, so a slower machine only loosens it).
 
 Locust runs in a thread (it must not patch this process) while the test polls the API.
 """
@@ -49,7 +52,7 @@ def policy(**overrides) -> dict:
                   for w in (FIRST_WEIGHT, 50, 100)],
         "analysis": {"intervalSeconds": INTERVAL_S, "failureLimit": 3},
         "slo": {"successRate": {"min": 99, "marginPoints": 2},
-                "latency": {"tolerancePercent": 20}},
+                "latency": {"tolerancePercent": 50}},
         "maxDurationSeconds": 300,
     }
     return {**document, **overrides}
@@ -109,10 +112,13 @@ class Api:
         routes = call("GET", self.admin + "/routes")[1]
         return {r["name"]: r["weight"] for r in routes["services"]["model"]["revisions"]}
 
+    def stats(self) -> dict[str, dict]:
+        """The router's per-revision stats: request counts, in flight, buffered."""
+        return {r["revision"]: r for r in call("GET", self.admin + "/stats")[1]["revisions"]}
+
     def served(self) -> dict[str, dict]:
         """The router's per-revision request counts."""
-        stats = call("GET", self.admin + "/stats")[1]
-        return {r["revision"]: r["requests"] for r in stats["revisions"]}
+        return {name: row["requests"] for name, row in self.stats().items()}
 
 
 def sluice(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -155,10 +161,17 @@ async def run_until_ended(stack, tmp_path, document) -> tuple[Api, dict, run.Sum
         await until(api.served, lambda served: served["v1"]["total"] >= RPS, 30)  # Locust is on
         started(api, document)
         ended = await api.wait(lambda r: r["phase"] in ("Promoted", "RolledBack", "Failed"))
-        assert api.weights() == {"v1": ended["stable_weight"], "v2": ended["canary_weight"]}
-        await asyncio.sleep(0.5)  # answers on their way from the old weights' replicas arrive
+        weights = api.weights()
+        assert weights == {"v1": ended["stable_weight"], "v2": ended["canary_weight"]}
+        # The requests the revision left without weight had in flight are answered (the
+        # router's count says so); from then on, what reaches which revision, for as many
+        # requests as a second of the load: weight 0 gets none of them.
+        idle = [name for name, weight in weights.items() if weight == 0]
+        await until(api.stats, lambda rows: all(rows[name]["inflight"] == rows[name][
+            "buffered"] == 0 for name in idle))
         before = api.served()
-        await asyncio.sleep(2)  # load on with the final weights: what reaches which revision
+        await until(api.served, lambda now: sum(now[name]["total"] - before[name]["total"]
+                                                for name in now) >= RPS)
         after = api.served()
     finally:
         summary = await load.stop()
@@ -429,14 +442,14 @@ async def test_a_canary_with_errors_is_rolled_back_within_its_exposure(start_sta
 
 
 async def test_a_slower_canary_is_rolled_back_on_latency(start_stack, tmp_path):
-    stack = start_stack(revisions(["--latency", "0.04"], ["--latency", "0.06"]))
+    stack = start_stack(revisions(["--latency", "0.04"], ["--latency", "0.2"]))
     api, ended, summary, since = await run_until_ended(stack, tmp_path, policy())
 
     assert ended["phase"] == "RolledBack", ended["reason"]
-    assert "latency: slower than stable by more than 20 %" in ended["reason"]
+    assert "latency: slower than stable by more than 50 %" in ended["reason"]
     decisive = [v for v in ended["verdicts"] if v["outcome"] == "fail"][-1]
     latency = next(f for f in decisive["findings"] if f["metric"] == "latency")
-    assert latency["outcome"] == "fail" and latency["interval"][0] > 1.2
+    assert latency["outcome"] == "fail" and latency["interval"][0] > 1.5
     print(f"detection {decisive['elapsed_s'] - first_traffic_at(ended):.1f} s, ratio "
           f"{latency['observed']:.2f} within {latency['interval']}")
     assert summary.failures == 0, summary.status_codes
