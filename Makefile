@@ -9,8 +9,9 @@ RUNTIME := $(VENV)/.runtime-$(HASH)
 STAMP   := $(VENV)/.installed-$(HASH)
 # Errors only: setuptools' notes on editable installs are not news at every install.
 PIP     := $(BIN)/pip install -qq --disable-pip-version-check
+MUTMUT  := $(VENV)/.mutmut-3.8.1
 
-.PHONY: test lint unit integration k8s bench up test-cluster system-deps clean
+.PHONY: test lint unit integration k8s bench mutation up test-cluster system-deps clean
 
 # What running needs: `make up`.
 $(RUNTIME): pyproject.toml
@@ -47,6 +48,18 @@ integration: $(STAMP)
 k8s: $(STAMP) test-cluster
 	$(BIN)/pytest tests/k8s
 
+# Mutation testing of policies/ against the unit tests (settings: setup.cfg). Not part of
+# `make test`: it takes about 40 minutes on 2 cores, niced. The result is docs/mutation.md.
+$(MUTMUT): $(STAMP)
+	$(PIP) 'mutmut==3.8.1'
+	touch $@
+
+mutation: $(MUTMUT)
+	rm -rf mutants
+	nice -n 10 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	$(BIN)/mutmut results
+
 bench: $(STAMP) system-deps test-cluster
 	$(BIN)/python -m loadtests.bench --out docs/benchmarks.md
 
@@ -54,4 +67,4 @@ up: $(RUNTIME)
 	$(BIN)/sluice up -f examples/local.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

@@ -169,13 +169,15 @@ class Stack:
     """A `sluice up` process on free ports."""
 
     def __init__(self, tmp_path: Path, revisions: list[dict], tick_s: float = 0.5,
-                 controller: dict | None = None, args: tuple[str, ...] = (), **extra) -> None:
+                 controller: dict | None = None, router: dict | None = None,
+                 args: tuple[str, ...] = (), **extra) -> None:
         self.port, self.admin, self.status_port = (procs.free_port() for _ in range(3))
         self.url = f"http://127.0.0.1:{self.port}"
         self.controller = f"127.0.0.1:{self.status_port}"
         self.file = tmp_path / "stack.yaml"
         self.file.write_text(yaml.safe_dump({
-            "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}"},
+            "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}",
+                       **(router or {})},
             "controller": {"listen": self.controller, "tick_s": tick_s, **(controller or {})},
             "services": {"model": {"revisions": revisions}}, **extra}))
         self.run_dir = tmp_path / "run"

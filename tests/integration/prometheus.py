@@ -23,6 +23,7 @@ class Prometheus:
             pytest.fail("prometheus is not installed: run `make system-deps` (Debian package)")
         self.port = port or procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         config = tmp_path / "prometheus.yml"
         jobs = [{"job_name": "sluice-router", "static_configs": [{"targets": targets}]}]
         if file_sd is not None:

@@ -210,3 +210,56 @@ def test_stopping_the_stack_leaves_no_process_behind(start_stack):
     stack.proc.signal(signal.SIGINT)
     assert stack.proc.wait(60) == 0
     assert procs.alive(started) == [], "left running"
+
+
+async def test_gpus_cap_the_replicas_each_sees_its_own_and_a_crash_gives_its_gpu_back(
+        start_stack):
+    """GPUs without a GPU: two device indices, one per replica, and load for three replicas.
+    Each replica reports the CUDA_VISIBLE_DEVICES it was started with as its revision label
+    (the X-Model-Revision header of every answer)."""
+    reporting = ["sh", "-c", 'exec "$0" "$1" --port "$2" --latency 0.5 '
+                 '--revision "gpu-$CUDA_VISIBLE_DEVICES"', *MODEL_SERVER[:2], "{port}"]
+    stack = start_stack([stack_revision(command=reporting, gpusPerReplica=1, maxReplicas=5)],
+                        gpus=[0, 1])
+    devices: list[str] = []
+    statuses: set[int] = set()
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            async with session.post(stack.url + INFER, json=PAYLOAD) as response:
+                statuses.add(response.status)
+                if response.status == 200:
+                    devices.append(response.headers["X-Model-Revision"])
+
+    async def both_devices_answer() -> None:
+        seen = len(devices)
+        try:
+            await asyncio.to_thread(stack.wait_for, lambda s: {"gpu-0", "gpu-1"} <= set(
+                devices[seen:]))
+        except AssertionError:
+            raise AssertionError(f"answers came from {sorted(set(devices[seen:]))}") from None
+
+    def capacity_limited(status: dict) -> bool:
+        row = status["v1"]
+        return row["ready"] == 2 and "CapacityLimited" in row["conditions"]
+
+    async with aiohttp.ClientSession() as session:
+        clients = [asyncio.create_task(client(session)) for _ in range(3)]  # 3 in flight
+        try:
+            await asyncio.to_thread(stack.wait_for, capacity_limited)
+            await both_devices_answer()
+            (victim, _) = stack.pids("model_server.py")
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.to_thread(stack.wait_for, lambda s: s["v1"]["restarts"] == 1)
+            await asyncio.to_thread(stack.wait_for, capacity_limited)  # replaced: a GPU again
+            await both_devices_answer()
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+
+    assert statuses <= {200, 502}  # 502: in flight at the replica killed
+    assert set(devices) == {"gpu-0", "gpu-1"}  # never none, never both on one replica
+    decisions = [int(n) for n in re.findall(r"model/v1: \d+ → (\d+) replicas",
+                                            stack.proc.output())]
+    assert decisions and max(decisions) <= 2, decisions  # every decision, not a sample

@@ -4,9 +4,12 @@ end with Locust traffic through the real router to real model-server replicas.
 The test policy is short where the statistics allow: weights 20 → 50 → 100, each step at least
 5 s and 50 canary requests, a verdict every second, errors margin 2 points (so a good canary at
 ~16 RPS is shown within the margin in ~10 s, and a canary with 5 % errors can never be), latency
-tolerance 20 % (a freshly started canary process is a little slower at first; 50 % slower is
-far outside it). Waiting is on conditions with deadlines; no assertion is on elapsed time, but
-the exposure bound of the error test is computed from the recorded verdict times.
+tolerance 50 %: the good canary is as fast as stable (a freshly started process is a little
+slower at first), the slow one 5 times slower (200 ms against 40 ms), so what two busy cores
+add to both arms (it squeezes their ratio) would have to reach ~280 ms a request to flip a
+verdict. Waiting is on conditions with deadlines or on the router's counts; no assertion is
+on elapsed time, but the exposure bound of the error test is computed from the recorded
+verdict times (at Locust's target rate, so a slower machine only loosens it).
 
 Locust runs in a thread (it must not patch this process) while the test polls the API.
 """
@@ -30,7 +33,7 @@ import yaml
 
 from loadtests import run, shapes
 from tests import procs
-from tests.integration.conftest import MODEL_SERVER, ROOT, call, stack_revision
+from tests.integration.conftest import INFER, MODEL_SERVER, PAYLOAD, ROOT, call, stack_revision
 from tests.integration.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
@@ -49,7 +52,7 @@ def policy(**overrides) -> dict:
                   for w in (FIRST_WEIGHT, 50, 100)],
         "analysis": {"intervalSeconds": INTERVAL_S, "failureLimit": 3},
         "slo": {"successRate": {"min": 99, "marginPoints": 2},
-                "latency": {"tolerancePercent": 20}},
+                "latency": {"tolerancePercent": 50}},
         "maxDurationSeconds": 300,
     }
     return {**document, **overrides}
@@ -109,10 +112,13 @@ class Api:
         routes = call("GET", self.admin + "/routes")[1]
         return {r["name"]: r["weight"] for r in routes["services"]["model"]["revisions"]}
 
+    def stats(self) -> dict[str, dict]:
+        """The router's per-revision stats: request counts, in flight, buffered."""
+        return {r["revision"]: r for r in call("GET", self.admin + "/stats")[1]["revisions"]}
+
     def served(self) -> dict[str, dict]:
         """The router's per-revision request counts."""
-        stats = call("GET", self.admin + "/stats")[1]
-        return {r["revision"]: r["requests"] for r in stats["revisions"]}
+        return {name: row["requests"] for name, row in self.stats().items()}
 
 
 def sluice(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -155,10 +161,17 @@ async def run_until_ended(stack, tmp_path, document) -> tuple[Api, dict, run.Sum
         await until(api.served, lambda served: served["v1"]["total"] >= RPS, 30)  # Locust is on
         started(api, document)
         ended = await api.wait(lambda r: r["phase"] in ("Promoted", "RolledBack", "Failed"))
-        assert api.weights() == {"v1": ended["stable_weight"], "v2": ended["canary_weight"]}
-        await asyncio.sleep(0.5)  # answers on their way from the old weights' replicas arrive
+        weights = api.weights()
+        assert weights == {"v1": ended["stable_weight"], "v2": ended["canary_weight"]}
+        # The requests the revision left without weight had in flight are answered (the
+        # router's count says so); from then on, what reaches which revision, for as many
+        # requests as a second of the load: weight 0 gets none of them.
+        idle = [name for name, weight in weights.items() if weight == 0]
+        await until(api.stats, lambda rows: all(rows[name]["inflight"] == rows[name][
+            "buffered"] == 0 for name in idle))
         before = api.served()
-        await asyncio.sleep(2)  # load on with the final weights: what reaches which revision
+        await until(api.served, lambda now: sum(now[name]["total"] - before[name]["total"]
+                                                for name in now) >= RPS)
         after = api.served()
     finally:
         summary = await load.stop()
@@ -297,6 +310,48 @@ async def test_after_an_abort_restore_brings_back_the_weights_from_before(start_
     assert api.start(policy())[0] == 201
 
 
+async def test_requests_pinned_to_a_parked_canary_are_answered_503_with_the_reason_at_once(
+        start_stack):
+    """Held for a canary that is starting, or new after it was parked: either way a 503 that
+    says why as soon as it is parked, not the buffer's 504 at bufferTimeoutSeconds (10 min)."""
+    stack = start_stack([
+        stack_revision("v1", 100, minReplicas=1, initialScale=1, bufferTimeoutSeconds=600),
+        stack_revision("v2", 0, command=[*MODEL_SERVER, "--startup-delay", "600"],
+                       bufferTimeoutSeconds=600)])
+    api = Api(stack)
+    stack.wait_for(lambda s: s["v1"]["ready"] == 1)
+    started(api, policy())  # waits for the canary's replica, which never becomes ready
+    parked = ("revision v2 is parked at zero replicas: its rollout was rolled back (aborted by "
+              "a person)")
+
+    async with aiohttp.ClientSession() as session:
+        async def pinned_to_v2() -> tuple[int, str | None, str | None]:
+            async with session.get(f"{stack.url}/v2/health/ready",
+                                   headers={"X-Sluice-Revision": "v2"}) as response:
+                body = await response.json()
+                return response.status, response.headers.get("Retry-After"), body.get("error")
+
+        held = asyncio.create_task(pinned_to_v2())
+        await until(lambda: call("GET", api.admin + "/stats")[1]["revisions"],
+                    lambda rows: rows[1]["buffered"] == 1)  # waiting for v2's replica
+        assert api.command("abort")[0] == 200  # answered once the routers serve its table
+        v2 = call("GET", api.admin + "/stats")[1]["revisions"][1]
+        assert v2["buffered"] == 0, "still held after the table that parks v2"
+        status, retry_after, reason = await held
+        assert (status, reason) == (503, parked) and retry_after is not None
+
+        # Pinned after it was parked: answered without ever waiting in the buffer.
+        fresh = asyncio.create_task(pinned_to_v2())
+        while not fresh.done():
+            v2 = call("GET", api.admin + "/stats")[1]["revisions"][1]
+            assert v2["buffered"] == 0, "held in the buffer instead of answered at once"
+            await asyncio.sleep(0.01)
+        status, retry_after, reason = await fresh
+        assert (status, reason) == (503, parked) and retry_after is not None
+    served = call("GET", api.admin + "/stats")[1]["revisions"][1]["requests"]
+    assert (served["total"], served["5xx"]) == (2, 2)
+
+
 # -- end to end under load -----------------------------------------------------------------------
 
 
@@ -324,6 +379,46 @@ async def test_a_good_canary_is_promoted_without_a_failed_request(start_stack, t
     assert "Promoted" in shown and "every step passed" in shown
 
 
+async def test_stickiness_holds_each_user_on_its_revision_while_the_weights_step(start_stack):
+    """40 users, each with its own X-User-Id, through a 20 → 50 → 100 rollout: a user moves to
+    the canary at most once and never comes back, while without stickiness every user would be
+    split between the two at each step."""
+    stack = start_stack(revisions(["--latency", "0.02"], ["--latency", "0.02"]))
+    api = Api(stack)
+    stack.wait_for(lambda s: s["v1"]["ready"] == 1)
+    seen: dict[str, list[str]] = {f"user-{n}": [] for n in range(40)}
+    statuses: list[int] = []
+    done = asyncio.Event()
+
+    async def user(session: aiohttp.ClientSession, name: str) -> None:
+        while not done.is_set() and len(seen[name]) < 1000:
+            async with session.post(stack.url + INFER, json=PAYLOAD,
+                                    headers={"X-User-Id": name}) as response:
+                await response.read()
+                statuses.append(response.status)
+                seen[name].append(response.headers.get("X-Sluice-Revision", "none"))
+            await asyncio.sleep(0.25)  # each user's pace: 4 requests a second at most
+
+    async with aiohttp.ClientSession() as session:
+        users = [asyncio.create_task(user(session, name)) for name in seen]
+        try:
+            started(api, policy(stickiness={"header": "X-User-Id"}))
+            ended = await api.wait(lambda r: r["phase"] in ("Promoted", "RolledBack", "Failed"),
+                                   within_s=180)
+        finally:
+            done.set()
+            await asyncio.gather(*users)
+
+    assert ended["phase"] == "Promoted", ended["reason"]
+    assert [t["canary_weight"] for t in ended["transitions"]][1:] == [FIRST_WEIGHT, 50, 100, 100]
+    assert set(statuses) == {200}
+    assert sum("v2" in answers for answers in seen.values()) >= 4, "the canary had users"
+    for name, answers in seen.items():
+        moved = answers.index("v2") if "v2" in answers else len(answers)
+        assert set(answers[:moved]) == {"v1"} and set(answers[moved:]) <= {"v2"}, (
+            f"{name} was moved back and forth: {''.join(a[-1] for a in answers)}")
+
+
 async def test_a_canary_with_errors_is_rolled_back_within_its_exposure(start_stack, tmp_path):
     error_rate = 0.05
     stack = start_stack(revisions(["--latency", "0.04"],
@@ -347,14 +442,14 @@ async def test_a_canary_with_errors_is_rolled_back_within_its_exposure(start_sta
 
 
 async def test_a_slower_canary_is_rolled_back_on_latency(start_stack, tmp_path):
-    stack = start_stack(revisions(["--latency", "0.04"], ["--latency", "0.06"]))
+    stack = start_stack(revisions(["--latency", "0.04"], ["--latency", "0.2"]))
     api, ended, summary, since = await run_until_ended(stack, tmp_path, policy())
 
     assert ended["phase"] == "RolledBack", ended["reason"]
-    assert "latency: slower than stable by more than 20 %" in ended["reason"]
+    assert "latency: slower than stable by more than 50 %" in ended["reason"]
     decisive = [v for v in ended["verdicts"] if v["outcome"] == "fail"][-1]
     latency = next(f for f in decisive["findings"] if f["metric"] == "latency")
-    assert latency["outcome"] == "fail" and latency["interval"][0] > 1.2
+    assert latency["outcome"] == "fail" and latency["interval"][0] > 1.5
     print(f"detection {decisive['elapsed_s'] - first_traffic_at(ended):.1f} s, ratio "
           f"{latency['observed']:.2f} within {latency['interval']}")
     assert summary.failures == 0, summary.status_codes
@@ -364,22 +459,23 @@ async def test_a_slower_canary_is_rolled_back_on_latency(start_stack, tmp_path):
     assert "RolledBack" in shown and "slower than stable" in shown
 
 
-async def test_prometheus_unreachable_pauses_the_rollout_never_rolls_back(start_stack, tmp_path):
+async def test_prometheus_unreachable_pauses_the_rollout_which_resumes_when_it_is_back(
+        start_stack, tmp_path):
     port = procs.free_port()
     stack = start_stack(revisions(), controller={"prometheus_url": f"http://127.0.0.1:{port}"})
     api = Api(stack)
-    prom = Prometheus(tmp_path, [f"127.0.0.1:{stack.admin}"], port=port)
+    query = 'sum(up{job="sluice-router"})'
+    url = f"http://127.0.0.1:{port}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+
+    def custom_value(verdict):
+        found = [f for f in verdict["findings"] if f["metric"] == "router-up"]
+        return found[0]["observed"] if found else None
+
+    prom = Prometheus(tmp_path / "first", [f"127.0.0.1:{stack.admin}"], port=port)
     try:
-        query = 'sum(up{job="sluice-router"})'
-        url = f"{prom.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
         # Scraped once: the metric has a value from the first verdict on.
         await until(lambda: call("GET", url)[1]["data"]["result"], bool, 30)
         started(api, policy(slo={"custom": [{"name": "router-up", "query": query, "min": 1}]}))
-
-        def custom_value(verdict):
-            found = [f for f in verdict["findings"] if f["metric"] == "router-up"]
-            return found[0]["observed"] if found else None
-
         await api.wait(lambda r: any(custom_value(v) == 1 for v in r["verdicts"]))
     finally:
         prom.close()
@@ -392,3 +488,13 @@ async def test_prometheus_unreachable_pauses_the_rollout_never_rolls_back(start_
                for v in missing)
     assert "RolledBack" not in {t["phase"] for t in paused["transitions"]}
     assert api.weights() == {"v1": 100 - FIRST_WEIGHT, "v2": FIRST_WEIGHT}  # held, not moved
+
+    # Back on the same address: the next verdict ends the pause, with no command from anyone.
+    prom = Prometheus(tmp_path / "again", [f"127.0.0.1:{stack.admin}"], port=port)
+    try:
+        resumed = await api.wait(lambda r: r["phase"] == "Progressing"
+                                 and len(r["transitions"]) > len(paused["transitions"]))
+    finally:
+        prom.close()
+    assert resumed["transitions"][len(paused["transitions"])]["reason"] == "resumed"
+    assert custom_value(resumed["verdicts"][-1]) == 1

@@ -202,7 +202,7 @@ class PolicyWatch:
             raise AssertionError(f"the watch of {POLICY} failed") from self.failure
 
 
-def test_leader_failover_after_sigkill_takes_the_expired_lease_at_the_first_attempt(
+def test_leader_failover_after_sigkill_takes_the_expired_lease_never_before_it_expired(
         elect, k8s_cluster, k8s_namespace):
     a = elect("a")
     a.wait_for("elected")
@@ -224,10 +224,9 @@ def test_leader_failover_after_sigkill_takes_the_expired_lease_at_the_first_atte
     assert (term["how"], term["previous_holder"]) == ("expired", "a")
     assert term["transitions"] == last.lease_transitions + 1
     # Never early: b took it only once a's record had stood unchanged for the lease duration
-    # on b's own clock. And at the first attempt after that: attempts are at most one
-    # jittered retry interval apart (slack: one retry period for a loaded machine).
-    assert SETTINGS.lease_duration_s <= term["unchanged_for_s"] < (
-        SETTINGS.lease_duration_s + SETTINGS.max_retry_interval_s + SETTINGS.retry_period_s)
+    # on b's own clock. (That it is taken at the first attempt after that is
+    # tests/unit/test_leader.py's, on an injected clock: here a busy machine could delay it.)
+    assert term["unchanged_for_s"] >= SETTINGS.lease_duration_s
     lease = read_lease(k8s_cluster, k8s_namespace).spec
     assert (lease.holder_identity, lease.lease_transitions) == ("b", term["transitions"])
     # The Lease alone says the same: b acquired it at least a lease duration after a's last
@@ -260,9 +259,9 @@ def test_leader_release_on_sigterm_hands_over_without_waiting_for_expiry(
     assert (elected["term"]["how"], elected["term"]["transitions"]) == ("released", before + 1)
     lease = read_lease(k8s_cluster, k8s_namespace).spec
     assert (lease.holder_identity, lease.lease_transitions) == ("b", before + 1)
-    # Sooner than any takeover of an expired lease could be (that needs a lease duration).
+    # Taken because it was released ("how" above), not because it expired; how soon is
+    # printed, not asserted (a busy machine may delay b's next attempt).
     handover = elected["wall"] - released["wall"]
-    assert handover < SETTINGS.lease_duration_s
     b.wait_for("wrote")
     print(f"\nSIGTERM handover: a released → b elected {handover:.2f} s "
           f"(retry period {SETTINGS.retry_period_s:g} s, up to "
