@@ -512,6 +512,8 @@ def _learned_service(
     if admitted * METRIC_PERIOD_S < 1:
         return learned  # not one request to measure
     observed = inputs.value / admitted
+    if observed <= 0:
+        return learned  # a request went through and nothing was in flight: rounded away
     if learned is None:
         return observed
     return learned + (observed - learned) * admitted / (admitted + SERVICE_EWMA_REQUESTS)

@@ -245,3 +245,22 @@ def start_stack(tmp_path):
     yield start
     for stack in stacks:
         stack.proc.close()
+
+
+async def wait_until_refused(port: int) -> None:
+    """Return once connecting to `port` is refused, i.e. the listener is closed."""
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except ConnectionRefusedError:
+                    return
+                except ConnectionResetError:  # accepted into the backlog as it closed: again
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"port {port} still accepts connections") from None

@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from tests.integration.conftest import wait_until_refused
 from tests.procs import Proc, ProcError, ProcGroup, free_port, proc_group
 
 pytestmark = pytest.mark.integration
@@ -355,25 +356,6 @@ async def test_sigterm_finishes_the_inflight_request_then_exits_0(
     assert await inflight == (200, {"predictions": expected})
     assert proc.wait(timeout=15) == 0
     assert "draining 1 in-flight" in proc.output()
-
-
-async def wait_until_refused(port: int) -> None:
-    """Return once connecting to `port` is refused, i.e. the listener is closed."""
-    try:
-        async with asyncio.timeout(WAIT_DEADLINE_S):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                except ConnectionRefusedError:
-                    return
-                except ConnectionResetError:  # accepted into the backlog as it closed: again
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
-                await writer.wait_closed()
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"port {port} still accepts connections") from None
 
 
 async def test_knobs_come_from_sluice_ms_environment_variables(

@@ -594,6 +594,23 @@ def test_desired_is_always_within_bounds_and_never_zero_with_work(decide, the_po
             assert decision.desired >= 1
 
 
+def test_one_more_request_waiting_never_asks_for_fewer_replicas_after_a_ramp_at_zero():
+    """Found by the property below: a request left the buffer with nothing measured in flight
+    (rounded to 0), which read as a learned service time of 0 s and sized the revision for a
+    drain (67 replicas), while one more request waiting learned nothing (43)."""
+    the_policy = policy(metric="concurrency", target=1, minReplicas=0, maxReplicas=0,
+                        initialScale=0, scaleToZeroGraceSeconds=30)
+    trace = [{"dt": 1.0, "value": float(i), "buffered": 1, "in_flight": 0, "ready": 0,
+              "starting": 0, "free_gpus": None, "cold_starts": (30.0,) * (i == 0),
+              "arrivals": None} for i in range(30)]
+    _, state, now = replay(decider.decide, the_policy, trace)
+    last = decider.ScalingInputs(now=now + 1, value=0.0, buffered=0, in_flight=0, ready=1,
+                                 starting=0, arrivals=0.0)
+    fewer, _ = decider.decide(last, state, the_policy)
+    more, _ = decider.decide(dataclasses.replace(last, buffered=1), state, the_policy)
+    assert more.desired >= fewer.desired
+
+
 @pytest.mark.parametrize("decide", DECIDERS)
 @pytest.mark.parametrize("load", ["value", "buffered", "arrivals"])
 @settings(max_examples=150, deadline=None)
