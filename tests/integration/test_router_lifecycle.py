@@ -34,6 +34,16 @@ async def raw_stats(router) -> dict:
         return await response.json()
 
 
+async def raw_stats_until(router, predicate, within_s: float = 30.0) -> dict:
+    """Poll /stats?raw=1 until predicate(document) holds; fail with the last one after within_s."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not predicate(document := await raw_stats(router)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached; last raw stats: {document}")
+        await asyncio.sleep(0.05)
+    return document
+
+
 # starting without a table (on Kubernetes the controller publishes the first one)
 
 
@@ -119,14 +129,10 @@ async def test_merged_inflight_and_rates_are_what_the_workers_did_together(start
             for _ in range(ROUNDS):
                 async with session.post(router.url + INFER, json=PAYLOAD) as response:
                     assert response.status == 200
-        # Rates count whole seconds: the last arrivals show once their second is over.
-        document = await raw_stats(router)
-        for _ in range(30):
-            window = document["revisions"][0]["raw"]["windows"]["60"]
-            if window["arrivals"] - before >= held + ROUNDS:
-                break
-            await asyncio.sleep(0.1)
-            document = await raw_stats(router)
+        # A window holds whole seconds: the requests just sent count once their second closed.
+        document = await raw_stats_until(
+            router, lambda d: d["revisions"][0]["raw"]["windows"]["60"]["arrivals"] - before
+            >= held + ROUNDS)
     workers = document["workers"]
     assert all(w["requests"] > 0 for w in workers)  # both took part
     v1 = document["revisions"][0]
