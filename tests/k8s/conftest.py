@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from autoscaler.kube import client as kube_client
 from tests.k8s import cluster as control_plane
 from tests.k8s import kserve, process_kubelet, sluice
 from tests.k8s.cluster import Cluster
@@ -165,3 +166,10 @@ def kserve_crd(k8s_cluster: Cluster) -> dict:
         return kserve.install_crd(api)
 
 
+@pytest.fixture
+async def kube(k8s_cluster) -> AsyncIterator[kube_client.Client]:
+    """sluice's own asyncio client on the test cluster, as the controller's admin."""
+    api = await kube_client.connect(kube_client.ClientSettings(
+        kubeconfig=k8s_cluster.kubeconfig))
+    async with api:
+        yield api

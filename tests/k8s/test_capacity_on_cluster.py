@@ -10,9 +10,6 @@ and the capacity shows the 2 slots still free there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from kubernetes import client as sync_client
 
 from autoscaler.kube import client, inventory
@@ -22,13 +19,6 @@ from tests.k8s.test_scheduling import _gpu_deployment, _is_running_and_ready, _i
 
 GPU = "nvidia.com/gpu"
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-async def kube(k8s_cluster) -> AsyncIterator[client.Client]:
-    api = await client.connect(client.ClientSettings(kubeconfig=k8s_cluster.kubeconfig))
-    async with api:
-        yield api
 
 
 async def read_capacity(kube: client.Client, namespace: str, names: set[str]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +34,6 @@ from tests.k8s import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_MAPS = client.Kind("", "v1", "configmaps", "ConfigMap", model="V1ConfigMap")
-
-
-@pytest.fixture
-async def kube(k8s_cluster) -> AsyncIterator[client.Client]:
-    api = await client.connect(client.ClientSettings(kubeconfig=k8s_cluster.kubeconfig))
-    async with api:
-        yield api
 
 
 @pytest.fixture

@@ -38,13 +38,6 @@ RESTART_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
-async def kube(k8s_cluster) -> AsyncIterator[client.Client]:
-    api = await client.connect(client.ClientSettings(kubeconfig=k8s_cluster.kubeconfig))
-    async with api:
-        yield api
-
-
-@pytest.fixture
 def core(k8s_cluster) -> Iterator[sync_client.CoreV1Api]:
     with k8s_cluster.api_client() as api:
         yield sync_client.CoreV1Api(api)
