@@ -291,6 +291,8 @@ def render(args: argparse.Namespace, cluster: list[Rollout], local: list[Rollout
             runs, True, lambda r: r.since_first_traffic(r.fail_verdict_s))),
         ("bad: first canary traffic → rolled back", lambda runs: column(
             runs, True, lambda r: r.since_first_traffic(r.ended_s))),
+        ("bad: requests the canary served, per run", lambda runs: ", ".join(
+            str(r.canary_requests) for r in runs if r.bad)),
         ("bad: failed requests / all, per run", lambda runs: errors(runs, True)),
         ("bad: expected failed requests (weight x RPS x (detection + interval) x 5 %)",
          exposure),
