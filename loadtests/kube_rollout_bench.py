@@ -329,7 +329,7 @@ def render(args: argparse.Namespace, cluster: list[Rollout], local: list[Rollout
         "controller's Events (microseconds) give the first canary weight (the first `Step` with "
         "one), the first failing `Verdict`, all the traffic (the `Step` at 100 %), `RolledBack` "
         "and `Promoted`. Local: the rollout API's transitions and verdicts, from the moment the "
-        "API took the rollout (so its first canary traffic is at 0 s). Code: "
+        "API took the rollout. Code: "
         "loadtests/kube_rollout_bench.py.", "",
         "| measure | test cluster | local stack |", "|---|---|---|",
         *(f"| {name} | {cell(cluster)} | {cell(local)} |" for name, cell in rows), "",
