@@ -48,7 +48,14 @@ from typing import Any
 
 import aiohttp
 
-from loadtests import from_zero, kube_bench, replica, rollout_bench, sim_bench
+from loadtests import (
+    from_zero,
+    kube_bench,
+    kube_rollout_bench,
+    replica,
+    rollout_bench,
+    sim_bench,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
@@ -603,6 +610,7 @@ SECTIONS = {
     "cli": cli_section,
     "kube_coldstart": kube_bench.coldstart_section,
     "kube_controller": kube_bench.controller_section,
+    "kube_rollouts": kube_rollout_bench.benchmark_section,
 }
 """Each section of docs/benchmarks.md and the function that measures and renders it. Other
 parts register theirs here (simulator, rollouts); `--only` runs a subset and keeps the rest."""
@@ -654,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds (1 s ticks) kube_controller measures over")
     parser.add_argument("--enforce-timeout", type=float, default=300,
                         help="kube_controller: seconds to wait for every policy Enforced")
+    parser.add_argument("--rollouts", type=int, default=3,
+                        help="kube_rollouts: bad and as many good canaries, on the cluster "
+                        "and on the local stack each")
     args = parser.parse_args(argv)
     args.command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     fresh = {}

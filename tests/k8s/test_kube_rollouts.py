@@ -1,125 +1,41 @@
 """Canary rollouts on the real control plane: a Rollout resource drives the same rollout driver as
 the local stack, with revisions that are Deployments (KServe's predictor and a second predictor,
 as ``spec.canary`` with ``trafficPercent: 0`` deploys it), under Locust load through a router
-process behind a kwok pod.
-
-The policy is the local tests' short one: weights 20 → 50 → 100, each step at least 5 s and 50
-canary requests, a verdict every second, latency tolerance 50 % (tests/integration/
-test_rollouts.py says why).
+process behind a kwok pod; the setup and the policy (the local tests' short one) are in
+rollouts.py, which ``make bench``'s kube_rollouts section shares.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from loadtests import run, shapes
 from tests.k8s import kserve, sluice, waiting
-from tests.k8s.pods import get_json, is_ready
+from tests.k8s.pods import is_ready
+from tests.k8s.rollouts import (
+    INTERVAL_S,
+    SERVICE,
+    TIMEOUT_S,
+    USER_RPS,
+    USERS,
+    Load,
+    drained,
+    phase,
+    rollout_policy,
+    router_stats,
+    seconds,
+    serve_two_revisions,
+)
 
 pytestmark = pytest.mark.k8s
-
-TIMEOUT_S = 120.0
-SERVICE = "fraud"
-USERS, USER_RPS = 20, 4
-INTERVAL_S = 1
-
-
-def rollout_policy(**overrides: Any) -> dict[str, Any]:
-    spec = {
-        "service": SERVICE, "stableRevision": "v1", "canaryRevision": "v2",
-        "steps": [{"weight": w, "minDurationSeconds": 5, "minRequests": 50}
-                  for w in (20, 50, 100)],
-        "analysis": {"intervalSeconds": INTERVAL_S, "failureLimit": 3},
-        "slo": {"successRate": {"min": 99, "marginPoints": 2},
-                "latency": {"tolerancePercent": 50}},
-        "maxDurationSeconds": 300, **overrides,
-    }
-    return {"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
-            "metadata": {"name": "fraud-v2"}, "spec": spec}
-
-
-def canary_deployment(isvc: dict[str, Any], command: list[str]) -> dict[str, Any]:
-    """The predictor KServe deploys for ``spec.canary: [{trafficPercent: 0, predictor: {name:
-    v2}}]``: <isvc>-v2-predictor, its own pods, no traffic of KServe's."""
-    deployment = kserve.predictor_deployment(isvc, replicas=0, command=command)
-    name = f"{SERVICE}-v2-predictor"
-    deployment["metadata"]["name"] = name
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    labels["app"] = f"isvc.{name}"
-    deployment["spec"]["selector"] = {"matchLabels": {"app": labels["app"]}}
-    return deployment
-
-
-def serve_two_revisions(cluster: sluice.Cluster, tmp_path: Path,
-                        canary_args: tuple[str, ...] = ()) -> str:
-    """v1 (the InferenceService's predictor) serving on one replica, v2 (its canary predictor)
-    at zero replicas and weight 0; their router; returns its URL."""
-    isvc = cluster.create_isvc(kserve.inference_service(SERVICE))
-    cluster.apps.create_namespaced_deployment(
-        cluster.namespace, kserve.predictor_deployment(isvc, replicas=1, command=(
-            kserve.model_server_command(SERVICE, "--revision", "v1", "--latency", "0.01"))))
-    cluster.apps.create_namespaced_deployment(cluster.namespace, canary_deployment(
-        isvc, kserve.model_server_command(SERVICE, "--revision", "v2", "--latency", "0.01",
-                                          *canary_args)))
-    cluster.core.create_namespaced_secret(cluster.namespace, sluice.router_secret())
-    cluster.apps.create_namespaced_deployment(cluster.namespace,
-                                              sluice.router_deployment(SERVICE))
-    scaling = {"metric": "rps", "target": 100, "maxReplicas": 4}
-    cluster.create_policy(sluice.scaling_policy(
-        "fraud-v1", SERVICE, "v1", {"apiVersion": "serving.kserve.io/v1beta1",
-                                    "kind": "InferenceService", "name": SERVICE},
-        minReplicas=1, **scaling))
-    cluster.create_policy(sluice.scaling_policy(
-        "fraud-v2", SERVICE, "v2", {"apiVersion": "apps/v1", "kind": "Deployment",
-                                    "name": f"{SERVICE}-v2-predictor"}, **scaling))
-    routers = "app.kubernetes.io/name=sluice-router"
-    waiting.until(lambda: any(is_ready(p) for p in cluster.pods(routers)),
-                  timeout_s=TIMEOUT_S, what="the router pod Ready")
-    waiting.until(lambda: cluster.policy_status("fraud-v1").get("ready") == 1,
-                  timeout_s=TIMEOUT_S, what="v1 serving")
-    (router,) = cluster.pods(routers)
-    return f"http://{router.status.pod_ip}:8080"
-
-
-class Load:
-    """Locust at USERS x USER_RPS in a thread until stop()."""
-
-    def __init__(self, router: str, tmp_path: Path) -> None:
-        self.stop_file = tmp_path / "stop-load"
-        self._run = asyncio.create_task(asyncio.to_thread(
-            run.run_locust, router, shapes.Constant(users=USERS), 240,
-            env={"SLUICE_USER_RPS": str(USER_RPS), "SLUICE_STOP_FILE": str(self.stop_file),
-                 "SLUICE_MODEL": SERVICE}))
-
-    async def stop(self) -> run.Summary:
-        self.stop_file.touch()
-        return await self._run
-
-
-def router_stats(router: str) -> dict[str, dict[str, Any]]:
-    _, body = get_json(f"{router.replace(':8080', ':8081')}/stats")
-    return {r["revision"]: r for r in body["revisions"]}
-
-
-def drained(revision: dict[str, Any]) -> bool:
-    """The router gives the revision no traffic and has none of its requests left."""
-    return revision["weight"] == 0 and revision["inflight"] == revision["buffered"] == 0
-
-
-def phase(cluster: sluice.Cluster) -> str | None:
-    return (cluster.rollout("fraud-v2").get("status") or {}).get("phase")
 
 
 async def eventually(predicate: Any, what: str, timeout_s: float = TIMEOUT_S) -> None:
@@ -129,7 +45,7 @@ async def eventually(predicate: Any, what: str, timeout_s: float = TIMEOUT_S) ->
 async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster, tmp_path)
+    router = serve_two_revisions(cluster)
     load = Load(router, tmp_path)
     try:
         await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
@@ -155,7 +71,7 @@ async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
 async def test_rollout_rolls_back_a_canary_with_5_percent_errors_in_its_first_step(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster, tmp_path, canary_args=("--error-rate", "0.05"))
+    router = serve_two_revisions(cluster, canary_args=("--error-rate", "0.05"))
     load = Load(router, tmp_path)
     try:
         await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
@@ -183,7 +99,7 @@ async def test_rollout_rolls_back_a_canary_with_5_percent_errors_in_its_first_st
     # interval) x rate x 3, detection from the rollout's own record (its first step's Event
     # to its RolledBack condition).
     (first_step,) = [e for e in cluster.events("Step") if "step 1/3" in e["note"]]
-    detection_s = _seconds(back["lastTransitionTime"]) - _seconds(first_step["eventTime"])
+    detection_s = seconds(back["lastTransitionTime"]) - seconds(first_step["eventTime"])
     bound = 0.2 * USERS * USER_RPS * (detection_s + 1 + INTERVAL_S) * 0.05 * 3
     assert summary.failures <= bound, (summary.failures, bound, detection_s)
 
@@ -192,7 +108,7 @@ async def test_rollout_commands_on_the_resource_and_through_sluice_rollout(
         k8s_cluster, cluster, controller, kubelet, make_gpu_node, tmp_path):
     """kubectl's way (the annotation) and ``sluice rollout -n NS``, which sets it."""
     make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster, tmp_path)
+    router = serve_two_revisions(cluster)
 
     def sluice_rollout(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -234,7 +150,7 @@ async def test_rollout_commands_on_the_resource_and_through_sluice_rollout(
 async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restart(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster, tmp_path)
+    router = serve_two_revisions(cluster)
     load = Load(router, tmp_path)
     weights_seen = set()
     try:
@@ -262,18 +178,14 @@ async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restar
     assert before["step"] == 1
     assert weights_seen <= {50, 100}, "no weight jump: the new controller kept step 2's weights"
     later = [e["note"] for e in cluster.events("Step") + cluster.events("Promoted")
-             if _seconds(e["eventTime"]) > restarted_at]
+             if seconds(e["eventTime"]) > restarted_at]
     assert later and not any("step 1/3" in note for note in later), later
-
-
-def _seconds(stamp: str) -> float:
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_reset_is_not_judged(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster, tmp_path)
+    router = serve_two_revisions(cluster)
     load = Load(router, tmp_path)
     try:
         await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
@@ -320,7 +232,7 @@ async def test_leader_failover_mid_rollout_finishes_from_the_same_step_and_weigh
                                       account=account)
     leader = lease_holder(cluster)
     try:
-        router = serve_two_revisions(cluster, tmp_path)
+        router = serve_two_revisions(cluster)
         load = Load(router, tmp_path)
         weights_seen = set()
         try:
@@ -351,7 +263,7 @@ async def test_leader_failover_mid_rollout_finishes_from_the_same_step_and_weigh
     assert summary.failures == 0, summary.status_codes
     assert weights_seen <= {50, 100}, "no weight jump across the failover"
     later = [e["note"] for e in cluster.events("Step") + cluster.events("Promoted")
-             if _seconds(e["eventTime"]) > killed_at]
+             if seconds(e["eventTime"]) > killed_at]
     assert later and not any("step 1/3" in note for note in later), later
     (resumed,) = cluster.events("Resumed")
     assert "step 2/3, v2 at 50 %" in resumed["note"] and lease_holder(cluster) in resumed["note"]
