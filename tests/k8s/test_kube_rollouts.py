@@ -147,6 +147,19 @@ async def test_rollout_commands_on_the_resource_and_through_sluice_rollout(
         "pause applied", "resume applied", "abort applied"}
 
 
+async def at_step_2(cluster: sluice.Cluster, router: str, hold_s: float) -> None:
+    """Under load, a three-step rollout (20, 50, 100 %) that holds its second step ``hold_s``;
+    returns once it is at 50 %."""
+    await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
+                     "load on v1")
+    cluster.create_rollout(rollout_policy(steps=[
+        {"weight": 20, "minDurationSeconds": 5, "minRequests": 50},
+        {"weight": 50, "minDurationSeconds": hold_s, "minRequests": 50},
+        {"weight": 100, "minDurationSeconds": 5, "minRequests": 50}]))
+    await eventually(lambda: (cluster.rollout("fraud-v2").get("status") or {}).get(
+        "weight") == 50, "step 2 at 50 %")
+
+
 async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restart(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")
@@ -154,14 +167,7 @@ async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restar
     load = Load(router, tmp_path)
     weights_seen = set()
     try:
-        await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
-                         "load on v1")
-        cluster.create_rollout(rollout_policy(steps=[
-            {"weight": 20, "minDurationSeconds": 5, "minRequests": 50},
-            {"weight": 50, "minDurationSeconds": 20, "minRequests": 50},
-            {"weight": 100, "minDurationSeconds": 5, "minRequests": 50}]))
-        await eventually(lambda: (cluster.rollout("fraud-v2").get("status") or {}).get(
-            "weight") == 50, "step 2 at 50 %")
+        await at_step_2(cluster, router, hold_s=20)
         before = cluster.rollout("fraud-v2")["status"]
         controller.stop()  # the controller goes; the routers keep serving their table
         restarted_at = time.time()
@@ -236,14 +242,7 @@ async def test_leader_failover_mid_rollout_finishes_from_the_same_step_and_weigh
         load = Load(router, tmp_path)
         weights_seen = set()
         try:
-            await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
-                             "load on v1")
-            cluster.create_rollout(rollout_policy(steps=[
-                {"weight": 20, "minDurationSeconds": 5, "minRequests": 50},
-                {"weight": 50, "minDurationSeconds": 40, "minRequests": 50},
-                {"weight": 100, "minDurationSeconds": 5, "minRequests": 50}]))
-            await eventually(lambda: (cluster.rollout("fraud-v2").get("status") or {}).get(
-                "weight") == 50, "step 2 at 50 %")
+            await at_step_2(cluster, router, hold_s=40)
             first.proc.signal(signal.SIGKILL)
             killed_at = time.time()
             await eventually(lambda: lease_holder(cluster) not in (None, leader),
