@@ -255,6 +255,7 @@ class Controller:
         self._enforced: dict[tuple[str, str, str], Policy] = {}
         """(namespace, service, revision) → the policy enforced for it."""
         self._status_slots = asyncio.Semaphore(settings.status_writes)
+        self._rollouts_lock = asyncio.Lock()
         self._nodes_cache: tuple[str, list[capacity.Node]] = ("", [])
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -488,9 +489,12 @@ class Controller:
         owner = (workload.metadata.labels or {}).get("serving.kserve.io/inferenceservice")
         if owner and spec.scale_target_ref.kind == "Deployment":
             problem = self._kserve_problem(policy.namespace, owner)
-            if problem is not None:
-                self._unmanage(policy, problem, spec)
-                return
+        # Again after the GETs: another worker may have enforced a policy for the same
+        # revision meanwhile (from here to _index nothing awaits).
+        problem = problem or self._conflict(policy, spec)
+        if problem is not None:
+            self._unmanage(policy, problem, spec)
+            return
         selector = (scale.status.selector if scale.status is not None else None) or ""
         target = replicas.ScaleTarget(policy.namespace, deployment, selector)
         template = workload.spec.template.spec if workload.spec and workload.spec.template \
@@ -583,6 +587,11 @@ class Controller:
     # rollouts
 
     async def _reconcile_rollout(self, namespace: str, name: str) -> None:
+        """One Rollout at a time: two of one service must not both start a driver."""
+        async with self._rollouts_lock:
+            await self._reconcile_one_rollout(namespace, name)
+
+    async def _reconcile_one_rollout(self, namespace: str, name: str) -> None:
         obj = self.rollouts_informer.get(namespace, name)
         if obj is None:
             return
