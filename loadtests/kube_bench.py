@@ -294,11 +294,15 @@ def coldstart_section(args: argparse.Namespace) -> str:
         "ready line to the client's response: sluice's probe of the new pod finding it, the "
         "route table published to the router, and the buffered request served.", "",
         "What limits *ready → response*: sluice's own probe of a new pod "
-        "(autoscaler/kube/replicas.py, `ProbeSettings`) starts 20 ms after the pod runs and "
-        "backs off by half each miss up to 1 s, so a model server that takes ~0.5 s to listen "
-        "is found by a probe up to ~0.25 s later. Publishing the table and serving the request "
-        "take a few ms. With the probe capped at 50 ms instead (an experiment on 2026-11-30, "
-        "not committed: 5 cold starts) the same measure was 33 ms median, 50 ms max.", ""])
+        "(autoscaler/kube/replicas.py, `ProbeSettings`, `probe_interval`) starts 20 ms after "
+        "the pod runs and grows to at most 50 ms apart while the pod is expected to come up "
+        "(its first 10 s, or twice its revision's learned cold start), so a model server is "
+        "found within 50 ms of listening, 25 ms on average; then publishing the table to the "
+        "router and serving the buffered request take a few ms. Past that stretch it backs off "
+        "by half each miss up to 1 s, so a pod that takes long costs a probe a second. Before "
+        "(2026-11-30), when the probe backed off to 1 s from the start, this measure was 110 ms "
+        "median, 179 ms max: a model server that took ~0.5 s to listen was found up to ~0.25 s "
+        "later.", ""])
 
 
 # (c): the controller's CPU per tick at 1,000 ScalingPolicies
