@@ -50,7 +50,7 @@ k8s: $(STAMP) test-cluster
 	$(BIN)/pytest tests/k8s
 
 # Mutation testing of policies/ against the unit tests (settings: setup.cfg). Not part of
-# `make test`: it takes about 40 minutes on 2 cores, niced. The result is docs/mutation.md.
+# `make test`: it takes 40-50 minutes on 2 cores, niced. The result is docs/mutation.md.
 $(MUTMUT): $(STAMP)
 	$(PIP) 'mutmut==3.8.1'
 	touch $@
