@@ -66,7 +66,9 @@ class Elector:
         self.identity = identity
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        lines = [line for line in self.proc.output().splitlines() if line.startswith("{")]
+        output = self.proc.output()
+        written = output[:output.rfind("\n") + 1]  # not a line the process is still writing
+        lines = [line for line in written.splitlines() if line.startswith("{")]
         return [e for e in map(json.loads, lines) if kind is None or e["event"] == kind]
 
     def wait_for(self, kind: str, *, timeout_s: float = STEP_S,
