@@ -111,7 +111,8 @@ def signal_condition(policy: scaling.ScalingPolicy,
         return None
     value, problem = core.signal_value(reading)
     if value is not None:
-        return Condition(SIGNAL_MISSING, False, "SignalRead", "")  # no value: no write a tick
+        # No value in the message: one that changes every tick would write the status every tick.
+        return Condition(SIGNAL_MISSING, False, "SignalRead", "")
     return Condition(SIGNAL_MISSING, True, "SignalMissing",
                      f"{policy.custom_signal}: {problem}; replicas are held")
 
