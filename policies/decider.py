@@ -96,6 +96,7 @@ asks for 8 until the replicas serve, then for what they measure.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import itertools
@@ -437,6 +438,15 @@ def decide(
     return decision, next_state
 
 
+def timeless(state: DeciderState) -> DeciderState:
+    """``state`` with its samples' and recommendations' times set to 0: two states equal here
+    say the same of the load and of the counts asked for, and differ only in when they were
+    taken (an idle revision's state, tick after tick). A store may skip writing such a state."""
+    return dataclasses.replace(
+        state, history=tuple(dataclasses.replace(s, at=0.0) for s in state.history),
+        recent=tuple(dataclasses.replace(r, at=0.0) for r in state.recent))
+
+
 def kpa_decide(
     inputs: ScalingInputs, state: DeciderState, policy: scaling.ScalingPolicy
 ) -> tuple[ScalingDecision, DeciderState]:
@@ -616,9 +626,10 @@ def _settled_history(
     now = history[-1].at
     if hold_s >= policy.stable_window_s:
         return None
-    window = [s for s in history if s.at > now - policy.stable_window_s]
-    older = [s.total for s in window if s.at <= now - hold_s]
-    recent = [s.total for s in window if s.at > now - hold_s]
+    window = _after(history, now - policy.stable_window_s)
+    values = [s.total for s in window]
+    cut = len(window) - len(_after(window, now - hold_s))
+    older, recent = values[:cut], values[cut:]
     if len(older) < MIN_TREND_SAMPLES or len(recent) < MIN_TREND_SAMPLES:
         return None
     older_mean, recent_mean = _mean(older), _mean(recent)
@@ -630,7 +641,7 @@ def _settled_history(
                       + _noise_at(noise, recent_mean, policy) / len(recent))
     if older_mean - recent_mean <= SETTLE_Z * error:
         return None
-    return tuple(window[_change_point([s.total for s in window], len(older)):])
+    return window[_change_point(values, len(older)):]
 
 
 def _risen(
@@ -650,9 +661,23 @@ def _risen(
     """
     if len(previous) < MIN_TREND_SAMPLES:
         return 0.0, None  # too few samples to know the noise
-    now = history[-1].at
-    window = [s for s in history if s.at > now - policy.stable_window_s]
+    window = _after(history, history[-1].at - policy.stable_window_s)
     values = [s.total for s in window]
+    if not any(values):
+        # No load in the window (an idle revision, tick after tick): every split's difference
+        # is exactly 0, which is no rise whatever the noise; the splits are skipped.
+        return 0.0, None
+    return _rise_by_splits(previous, window, values, policy)
+
+
+def _rise_by_splits(
+    previous: tuple[Sample, ...],
+    window: tuple[Sample, ...],
+    values: list[float],
+    policy: scaling.ScalingPolicy,
+) -> tuple[float, tuple[Sample, ...] | None]:
+    """``_risen``'s test at every split of the stable window ``window`` (its totals
+    ``values``)."""
     noise = _noise(previous)
     load, clearest, since = 0.0, 0.0, None
     after, count, before = 0.0, len(values), sum(values)
@@ -669,7 +694,7 @@ def _risen(
                 clearest, since = z, count - later
     if since is None:
         return 0.0, None
-    after_rise = tuple(window[since:])
+    after_rise = window[since:]
     line, level = _fit(window, policy), _fit(after_rise, policy)
     if line.slope > TREND_Z * line.error and line.slope - level.slope <= TREND_Z * level.error:
         return load, None  # a ramp, not a step: its trend needs the history before the rise
@@ -679,7 +704,8 @@ def _risen(
 def _noise(previous: tuple[Sample, ...]) -> float:
     """The variance of one sample around the load's level, from the previous ticks' successive
     differences, which a level shift hardly moves."""
-    steps = [b.total - a.total for a, b in itertools.pairwise(previous)]
+    totals = [s.served + s.backlog for s in previous]
+    steps = [b - a for a, b in itertools.pairwise(totals)]
     return sum(d * d for d in steps) / (2 * len(steps)) if steps else 0.0
 
 
@@ -714,7 +740,7 @@ def _kept(
     """Of the replicas ready and starting, as many as ``load`` plus KEEP_Z standard errors of
     its stable-window mean needs (the noise judged on the previous ticks, as in
     ``_settled_history``)."""
-    samples = sum(1 for s in history if s.at > history[-1].at - policy.stable_window_s)
+    samples = len(_after(history, history[-1].at - policy.stable_window_s))
     error = math.sqrt(_noise_at(_noise(previous), load, policy) / samples)
     return min(inputs.ready + inputs.starting, scaling.replicas_for(load + KEEP_Z * error, policy))
 
@@ -738,14 +764,26 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _after(history: tuple[Sample, ...], since: float) -> tuple[Sample, ...]:
+    """The samples taken after ``since``: a tail, as the history is oldest first
+    (``ScalingInputs.now`` never decreases), found by bisection instead of a scan."""
+    return history[bisect.bisect_right(history, since, key=_taken_at):]
+
+
+def _taken_at(sample: Sample) -> float:
+    return sample.at
+
+
 def _recorded(history: tuple[Sample, ...], sample: Sample, window_s: float) -> tuple[Sample, ...]:
-    return (*(s for s in history if s.at > sample.at - window_s), sample)
+    """``history`` without the samples older than ``window_s`` (a slice, ``_after``), then
+    ``sample``."""
+    return (*_after(history, sample.at - window_s), sample)
 
 
 def _demand(history: tuple[Sample, ...], since: float, features: Features) -> float:
     """Mean demand of the samples after ``since``; with instant_backlog, the backlog counts at
     its latest size when that is above its mean."""
-    window = [s for s in history if s.at > since]
+    window = _after(history, since)
     served = sum(s.served for s in window) / len(window)
     backlog = sum(s.backlog for s in window) / len(window)
     if features.instant_backlog:

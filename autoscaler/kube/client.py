@@ -13,8 +13,13 @@ and in-cluster ServiceAccounts, re-reading the projected token as the kubelet ro
 Its generated per-kind methods and its ``Watch`` are not used: requests go through
 ``ApiClient.call_api`` with paths built from ``Kind``, because
 
-- every call here has a timeout (connect, and total; a watch's total is its ``timeoutSeconds``
-  plus a grace, and a watch silent for longer than the apiserver's bookmark period is dropped);
+- every call here has a timeout (opening a socket, each read, and total; a watch's total is
+  its ``timeoutSeconds`` plus a grace, and a watch silent for longer than the apiserver's
+  bookmark period is dropped). Not aiohttp's ``connect``, which also counts the wait for a free
+  pooled connection: a call queued behind others would time out for waiting its turn;
+- its aiohttp session trusts the environment (``trust_env``): every call would look for
+  ~/.netrc and proxy variables. Sluice's does not: the apiserver is reached as the kubeconfig
+  or the ServiceAccount says, nothing else;
 - a watch must surface 410 Gone to the informer, which re-lists and diffs; ``Watch`` retries a
   410 once on its own and builds a second ApiClient (a second connection pool) to decode;
 - errors become four exceptions a caller can act on (``NotFound``, ``Conflict``, ``Gone``,
@@ -196,11 +201,14 @@ class ClientSettings:
     context: str | None = None
     """Kubeconfig context. Default None: its current-context."""
     connect_timeout_s: float = 5.0
-    """Seconds to open a connection (TCP and TLS). Default 5: the apiserver is near; longer
-    only delays noticing it is down."""
+    """Seconds to open a socket (TCP and TLS), not counting the wait for a free pooled
+    connection. Default 5: the apiserver is near; longer only delays noticing it is down."""
+    read_timeout_s: float = 15.0
+    """Seconds a non-watch call may wait for the next bytes of its answer. Default 15: the
+    apiserver answers a get in milliseconds and streams a long list as it reads it."""
     request_timeout_s: float = 30.0
-    """Seconds for a whole non-watch call. Default 30: kubectl's order of magnitude; a list
-    of thousands of pods takes well under it."""
+    """Seconds for a whole non-watch call, a wait for a pooled connection included. Default
+    30: kubectl's order of magnitude; a list of thousands of pods takes well under it."""
     watch_grace_s: float = 15.0
     """Seconds a watch may run past its own timeoutSeconds before the client drops it.
     Default 15: the apiserver ends the watch itself at timeoutSeconds."""
@@ -225,8 +233,8 @@ class Client:
         """The ServiceAccount's namespace in-cluster, else the context's (or "default")."""
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout_s,
-            connect=settings.connect_timeout_s,
             sock_connect=settings.connect_timeout_s,
+            sock_read=settings.read_timeout_s,
         )
         # call_api's private decoder turns a parsed dict into a model; the public one wants a
         # response's text and would parse every watch event and list item a second time.
@@ -293,7 +301,6 @@ class Client:
         }
         timeout = aiohttp.ClientTimeout(
             total=timeout_s + self._settings.watch_grace_s,
-            connect=self._settings.connect_timeout_s,
             sock_connect=self._settings.connect_timeout_s,
             sock_read=self._settings.watch_idle_timeout_s,
         )
@@ -450,7 +457,19 @@ async def connect(settings: ClientSettings = ClientSettings(), *,
     configuration.connection_pool_maxsize = settings.max_connections
     api = k8s.ApiClient(configuration)
     api.user_agent = settings.user_agent
+    _distrust_env(api)
     return Client(api, settings, namespace)
+
+
+def _distrust_env(api: k8s.ApiClient) -> None:
+    """kubernetes_asyncio's session with ``trust_env`` off, on the same connection pool (its
+    connector: the TLS settings and the connection limit)."""
+    rest = api.rest_client
+    trusting: aiohttp.ClientSession = rest.pool_manager
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=trusting.connector, trust_env=False,
+        read_bufsize=2**21)  # as kubernetes_asyncio's: a watch event may be an etcd value, 1.5 MiB
+    trusting.detach()  # closed without closing the connector, which the new session owns
 
 
 def _load_in_cluster(configuration: k8s.Configuration, settings: ClientSettings,

@@ -16,9 +16,10 @@ Panicking, …       the decider's own conditions, True while they hold
 =================  =====================================================================
 
 A condition keeps its lastTransitionTime while its status stays. ``StatusWriter`` merge-patches
-a policy's status only when what it shows changed (the decider's memory at most every
-``state_interval_s``), so a steady cluster costs no writes. ``EventRecorder`` writes
-events.k8s.io/v1 Events and counts a repeated one in its ``series`` instead of writing another.
+a policy's status only when what it shows changed (the decider's memory about every
+``state_interval_s``, and only when it says something new), so a steady cluster costs no
+writes. ``EventRecorder`` writes events.k8s.io/v1 Events and counts a repeated one in its
+``series`` instead of writing another.
 """
 
 from __future__ import annotations

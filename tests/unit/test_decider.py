@@ -643,3 +643,98 @@ def test_a_replica_is_kept_for_noise_only_when_it_is_slow_to_start(cold_start_s,
     decision, _ = decider.decide(decider.ScalingInputs(now=60, value=35, ready=6), state,
                                  policy())
     assert decision.desired == kept
+
+
+# The idle shortcuts (an idle revision's tick is most of a controller's ticks) give exactly what
+# the full computation gives: each is compared with it, on the same inputs.
+
+def risen_by_every_split(previous, history, the_policy):
+    """``_risen`` without its shortcut: the stable window split at every point."""
+    if len(previous) < decider.MIN_TREND_SAMPLES:
+        return 0.0, None
+    window = tuple(s for s in history if s.at > history[-1].at - the_policy.stable_window_s)
+    return decider._rise_by_splits(previous, window, [s.total for s in window], the_policy)
+
+
+def after_by_scan(history, since):
+    """``_after`` without bisection: every sample looked at."""
+    return tuple(s for s in history if s.at > since)
+
+
+def window_of(values, start=0.0):
+    return tuple(decider.Sample(start + at, value, 0.0) for at, value in enumerate(values))
+
+
+@pytest.mark.parametrize("metric", ["concurrency", "rps"])
+@pytest.mark.parametrize(("previous", "history"), [
+    pytest.param(window_of([0.0] * 60), window_of([0.0] * 60, 1.0), id="idle"),
+    pytest.param(window_of([9.0] + [0.0] * 59), window_of([0.0] * 60, 1.0),
+                 id="idle-after-a-blip-that-left-the-window"),
+    pytest.param(window_of([0.0] * 60), window_of([0.0] * 59 + [1.0], 1.0), id="first-request"),
+    pytest.param(window_of([3.0] * 60), window_of([3.0] * 60, 1.0), id="flat-with-load"),
+    pytest.param(window_of([0.0] * 60), window_of([0.0] * 40 + [5.0] * 20, 1.0), id="step"),
+    pytest.param(window_of([0.0] * 2), window_of([0.0] * 3), id="too-few-to-know-the-noise"),
+])
+def test_the_rise_found_with_the_idle_shortcut_is_the_one_every_split_finds(
+        metric, previous, history):
+    the_policy = policy(metric=metric)
+    assert decider._risen(previous, history, the_policy) == risen_by_every_split(
+        previous, history, the_policy)
+
+
+@pytest.mark.parametrize("since", [-1.0, 0.0, 0.5, 3.0, 5.0, 100.0])
+@pytest.mark.parametrize("history", [
+    pytest.param((), id="empty"),
+    pytest.param(window_of([1.0] * 6), id="one-a-second"),
+    pytest.param(tuple(decider.Sample(at, 1.0, 0.0) for at in (0.0, 3.0, 3.0, 3.0, 4.5)),
+                 id="repeated-times"),
+])
+def test_the_samples_after_a_time_are_the_ones_a_scan_finds(history, since):
+    assert decider._after(history, since) == after_by_scan(history, since)
+
+
+def traces():
+    idle = [(0.0, 0)] * 150
+    burst = [(0.0, 0)] * 70 + [(40.0, 3)] * 20 + [(0.0, 3)] * 130
+    ramp = [(float(t) / 4, 1 + t // 20) for t in range(120)] + [(0.0, 6)] * 90
+    noisy = [(3.0 + (t * 7919 % 13) / 4, 1) for t in range(200)]
+    return {"idle-at-zero": idle, "idle-at-one": [(0.0, 1)] * 150, "burst-then-idle": burst,
+            "ramp-then-idle": ramp, "noisy": noisy}
+
+
+@pytest.mark.parametrize("decide", DECIDERS)
+@pytest.mark.parametrize("metric", ["concurrency", "rps"])
+@pytest.mark.parametrize("trace", list(traces()))
+def test_every_decision_and_state_is_the_full_computations(decide, metric, trace, monkeypatch):
+    """Tick by tick, the decider with its shortcuts and with the full scans (monkeypatched in)
+    returns equal decisions and equal states."""
+    the_policy = policy(metric=metric)
+
+    def run():
+        state, out = decider.DeciderState(), []
+        for now, (value, ready) in enumerate(traces()[trace]):
+            inputs = decider.ScalingInputs(now=float(now), value=value, ready=ready,
+                                           in_flight=int(value), arrivals=value,
+                                           cold_starts=(20.0,) if now == 80 else ())
+            decision, state = decide(inputs, state, the_policy)
+            out.append((decision, state))
+        return out
+
+    fast = run()
+    monkeypatch.setattr(decider, "_risen", risen_by_every_split)
+    monkeypatch.setattr(decider, "_after", after_by_scan)
+    assert fast == run()
+
+
+def test_a_state_without_its_times_is_equal_tick_after_tick_while_idle():
+    the_policy = policy()
+    state = settled(0.0)
+    said = []
+    for now in range(60, 63):
+        _, state = decider.decide(decider.ScalingInputs(now=float(now), value=0.0, ready=1),
+                                  state, the_policy)
+        said.append(decider.timeless(state))
+    assert said[0] == said[1] == said[2]
+    _, busy = decider.decide(decider.ScalingInputs(now=63.0, value=5.0, in_flight=5, ready=1),
+                             state, the_policy)
+    assert decider.timeless(busy) != said[-1]

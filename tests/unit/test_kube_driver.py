@@ -36,6 +36,47 @@ def test_an_unreadable_selector_names_its_requirement():
         selectors.parse("app=x,a b c")
 
 
+def probe_schedule(cold_start_s: float | None, until_s: float,
+                   settings: replicas.ProbeSettings) -> list[tuple[float, float]]:
+    """(age, wait) of each probe of a pod created at 0 that never answers: the waits the
+    Prober sleeps, from the pure schedule."""
+    age, wait, waits = 0.0, settings.first_interval_s, []
+    while age < until_s:
+        waits.append((round(age, 3), round(wait, 4)))
+        age += wait
+        wait = replicas.probe_interval(wait, age, cold_start_s, settings)
+    return waits
+
+
+@pytest.mark.parametrize(("cold_start_s", "fast_until_s"), [
+    (None, 10.0),   # nothing learned: the floor
+    (0.5, 10.0),    # a fast model server: the floor still
+    (30.0, 60.0),   # a slow one: twice its learned cold start
+])
+def test_a_starting_pod_is_probed_every_50_ms_while_expected_then_backs_off_to_a_second(
+        cold_start_s, fast_until_s):
+    settings = replicas.ProbeSettings()
+    schedule = probe_schedule(cold_start_s, fast_until_s + 30.0, settings)
+    fast = [wait for age, wait in schedule if age < fast_until_s]
+    slow = [wait for age, wait in schedule if age >= fast_until_s + 10.0]
+    assert fast[:4] == [0.02, 0.03, 0.045, 0.05]  # starts at once, grows to the cap
+    assert max(fast) == settings.fast_interval_s
+    assert fast[-1] == settings.fast_interval_s
+    assert slow and set(slow) == {settings.max_interval_s}
+    waits = [wait for _, wait in schedule]
+    assert waits == sorted(waits)  # never faster again once backing off
+
+
+def test_the_probe_backs_off_by_half_each_miss_after_the_fast_stretch():
+    settings = replicas.ProbeSettings()
+    past = settings.fast_floor_s + 1
+    assert replicas.probe_interval(0.05, past, None, settings) == pytest.approx(0.075)
+    assert replicas.probe_interval(0.8, past, None, settings) == settings.max_interval_s
+    assert replicas.probe_interval(0.05, 5.0, None, settings) == settings.fast_interval_s
+    assert replicas.fast_for(100.0, settings) == 200.0
+    assert replicas.fast_for(None, settings) == settings.fast_floor_s
+
+
 def pod(name: str = "p1", **fields: object) -> pods.PodView:
     base = pods.PodView(namespace="ns", name=name, uid=f"uid-{name}", labels={"app": "m"},
                         phase="Running", ip="127.1.0.5", created_at=100.0, deleting=False,
