@@ -22,12 +22,14 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    known); requests that left the buffer since the last tick were in flight on top of the
    arrivals, and only the arrivals' share is load. Before any replica has served, what a
    request weighs is unknown (400 requests a second of 20 ms look like 40 of 200 ms): until
-   one has, each waiting request counts one in flight, as Knative counts them, so a surge is
-   met within one cold start. The first measurement replaces that guess at once: the samples
-   it made hold the load measured then, its panic and the counts it asked for are forgotten,
-   and that tick neither the scale-down rate nor the rule that keeps starting replicas holds
-   what it ordered. A light load pays for the guess once in the revision's life, during its
-   first cold start. While no replica is ready and requests wait, a sample
+   one has, sluice guesses the longest the rule above counts, each of the last second's
+   arrivals in flight for the whole second, so a surge is met within one cold start (Knative
+   counts every waiting request, a count that grows with the wait). A first measurement
+   shorter than that replaces the guess at once: the samples it made hold the load measured
+   then, its panic and the counts it asked for are forgotten, and that tick neither the
+   scale-down rate nor the rule that keeps starting replicas holds what it ordered. A light
+   load pays for the guess once in the revision's life, during its first cold start. While
+   no replica is ready and requests wait, a sample
    never falls below the previous one: a client waiting for its answer sends no other, so a
    lull in arrivals during a cold start is load held back, not load gone. Sluice also reads
    level shifts out of the history, each judged in standard errors of the
@@ -75,11 +77,12 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    back. The drain count of 3 is applied after the delay.
 7. Bounds, in order: initialScale until reached once; sluice never cancels a starting replica
    (its cold start would be wasted and the next tick would launch it again), except at the
-   first measurement of a service time, which may show the guess ordered too many; sluice caps at what
-   free GPUs hold, ``ready + starting + floor(free / gpusPerReplica)``, reporting CapacityLimited;
-   min/max replicas; at least 1 while anything is in flight or buffered, and activationScale at
-   once when the first request waits at zero; zero only after no demand for the stable window
-   plus the grace period (one replica is kept until then).
+   first measurement of a service time, which may show the guess ordered too many; sluice
+   caps at what free GPUs hold, ``ready + starting + floor(free / gpusPerReplica)``,
+   reporting CapacityLimited; min/max replicas; at least 1 while anything is in flight or
+   buffered, and activationScale at once when the first request waits at zero; zero only
+   after no demand for the stable window plus the grace period (one replica is kept until
+   then).
 
 Worked example, concurrency with target 10 and utilization 0.7, so 7 in flight per replica; one
 sample a second. A revision at zero has been idle for a minute; 100 requests arrive within a
@@ -89,10 +92,10 @@ five idle ones): stable want 1, panic want ceil(16.7/7) = 3 ≥ 2 * 1, so it pan
 3, then 5, 8, 10, 12 and 15 as the burst fills its panic window, and holds 15 for a minute
 whatever the requests weigh. If no replica of the revision has served yet, sluice cannot know
 that either: 100 requests of 10 ms are a seventh of one replica's second, 100 of a minute are
-15 replicas for a minute. It guesses as Knative does, each waiting request one in flight, but
-at once (a backlog counts at its latest size, not averaged into the idle window): 15
-on the first tick, held while they start. Once one serves, the service time is measured and
-replaces the guess: for 10 ms requests, one replica from that tick on. If the revision
+15 replicas for a minute. It guesses each of the second's 100 arrivals in flight for the whole
+second, and at once (a level that far above the idle window is the load, 1): 15 on the first
+tick, held while they start. Once one serves, the service time is measured and replaces the
+guess: for 10 ms requests, one replica from that tick on. If the revision
 has served before and learned that a request is in flight 0.5 s, the 100 arrivals make 50 in
 flight: ceil(50/7) = 8 replicas on the first tick. The waiting requests are that load, not
 also a backlog; the drain asks for what keeps 50 in flight through a panic window (the cold
