@@ -252,6 +252,9 @@ class DeciderState:
     """Requests waiting at the previous tick (concurrency, sluice only): those that left the
     buffer since were served on top of the arrivals, and their time in flight is the backlog's
     drain, not the load's."""
+    waiting_since: float | None = None
+    """When requests began to wait with no replica ready (sluice only); None while none wait
+    so. Within a period of it, every waiting request arrived within the last period."""
 
     @property
     def panicking(self) -> bool:
@@ -343,7 +346,11 @@ def decide(
     if features.scale_ahead and cold_start_s is not None:
         kept_s = max(kept_s, TREND_COLD_STARTS * cold_start_s)
     elapsed = inputs.now - state.history[-1].at if state.history else 0.0
-    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s)
+    waiting_since = None
+    if features.instant_backlog and inputs.buffered > 0 and inputs.ready == 0:
+        waiting_since = inputs.now if state.waiting_since is None else state.waiting_since
+    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s,
+                     waiting_since)
     if first_measured:
         state = _weighed(state, sample)
     if (features.instant_backlog and policy.metric_kind is not scaling.MetricKind.CUSTOM
@@ -360,6 +367,10 @@ def decide(
         history = since_drop
     stable_demand = _demand(history, inputs.now - policy.stable_window_s, features)
     panic_demand = _demand(history, inputs.now - policy.panic_window_s, features)
+    if waiting_since is not None and service_s is None and policy.counts_in_flight:
+        # Guessing (_sample): the guess is a bound on the load, held while it waits, not a
+        # measurement to average with the samples before it.
+        stable_demand = panic_demand = max(stable_demand, history[-1].served)
     risen_load, since_rise = 0.0, None
     if features.settle and since_drop is None:
         risen_load, since_rise = _risen(state.history, history, policy)
@@ -457,6 +468,7 @@ def decide(
         service_s=service_s,
         panic_on_backlog=panic_on_backlog,
         buffered=inputs.buffered if features.instant_backlog else 0,
+        waiting_since=waiting_since,
     )
     return decision, next_state
 
@@ -496,7 +508,7 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
 
 def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
             policy: scaling.ScalingPolicy, features: Features,
-            service_s: float | None) -> Sample:
+            service_s: float | None, waiting_since: float | None = None) -> Sample:
     if not policy.counts_in_flight:
         # rps: the held requests were counted as arrivals already; under sluice the backlog
         # is drained on top of the load (_drain_want). custom: a signal's unit says nothing
@@ -527,7 +539,12 @@ def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
     # replaces the guess (_weighed).
     if inputs.arrivals is None:
         return Sample(inputs.now, served + inputs.buffered, 0.0)
-    return Sample(inputs.now, max(served, inputs.arrivals * METRIC_PERIOD_S), 0.0)
+    guess = inputs.arrivals * METRIC_PERIOD_S
+    if waiting_since is not None and inputs.now - waiting_since <= METRIC_PERIOD_S:
+        # The wait began within the period: the waiting requests all arrived in it, before
+        # its rate is measured (rates are over whole periods).
+        guess = max(guess, float(inputs.buffered))
+    return Sample(inputs.now, max(served, guess), 0.0)
 
 
 def _learned_service(

@@ -643,9 +643,11 @@ def test_more_load_never_gives_fewer_replicas(decide, load, the_policy, trace, l
     heavier = dataclasses.replace(less, **{load: getattr(less, load) + more})
     fewer, fewer_state = decide(less, state, the_policy)
     more_replicas, more_state = decide(heavier, state, the_policy)
-    # A first measurement of the service time replaces a guess (each waiting request one in
-    # flight) and may ask for fewer than the guess: compare loads known equally well.
-    assume((fewer_state.service_s is None) == (more_state.service_s is None))
+    # A first measurement of the service time replaces the guess made before any replica
+    # served (decider._sample), and more load may measure sooner or shorter and ask for fewer
+    # than the guess: the tick that first measures is not compared.
+    assume(state.service_s is not None
+           or (fewer_state.service_s is None and more_state.service_s is None))
     assert more_replicas.desired >= fewer.desired
 
 
@@ -757,3 +759,19 @@ def test_a_state_without_its_times_is_equal_tick_after_tick_while_idle():
     _, busy = decider.decide(decider.ScalingInputs(now=63.0, value=5.0, in_flight=5, ready=1),
                              state, the_policy)
     assert decider.timeless(busy) != said[-1]
+
+
+def test_a_guess_at_zero_counts_the_first_period_s_waiting_then_its_rate_not_the_wait():
+    """Never served, nothing ready, 1 in flight per replica. Half a second into the wait no
+    whole second of arrivals is measured yet (arrivals 0): the 200 waiting arrived within it,
+    200 replicas. Then a measured 400 a second: 400 replicas however long they wait (Knative
+    would count the 1,000 waiting after 2.5 s)."""
+    the_policy = policy(metric="concurrency", target=1, targetUtilization=1.0, maxReplicas=0)
+    state, counts = settled(0), []
+    for now, buffered, arrivals in ((60.0, 1, 0.0), (60.5, 200, 0.0), (61.5, 600, 400.0),
+                                    (62.5, 1000, 400.0)):
+        decision, state = decider.decide(decider.ScalingInputs(
+            now=now, value=0, buffered=buffered, arrivals=arrivals, starting=counts[-1] if
+            counts else 0), state, the_policy)
+        counts.append(decision.desired)
+    assert counts == [1, 200, 400, 400]
