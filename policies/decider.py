@@ -23,8 +23,10 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    arrivals, and only the arrivals' share is load. Before any replica has served, what a
    request weighs is unknown (400 requests a second of 20 ms look like 40 of 200 ms): until
    one has, sluice guesses the longest the rule above counts, each of the last second's
-   arrivals in flight for the whole second, so a surge is met within one cold start (Knative
-   counts every waiting request, a count that grows with the wait). A first measurement
+   arrivals in flight for the whole second (in the wait's first second, before its rate is
+   measured, each waiting request), not averaged with the samples before it, so a surge is
+   met within one cold start (Knative counts every waiting request, a count that grows with
+   the wait). A first measurement
    shorter than that replaces the guess at once: the samples it made hold the load measured
    then, its panic and the counts it asked for are forgotten, and that tick neither the
    scale-down rate nor the rule that keeps starting replicas holds what it ordered. A light
