@@ -26,13 +26,14 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    arrivals in flight for the whole second (in the wait's first second, before its rate is
    measured, each waiting request), not averaged with the samples before it, so a surge is
    met within one cold start (Knative counts every waiting request, a count that grows with
-   the wait). A first measurement
-   shorter than that replaces the guess at once: the samples it made hold the load measured
+   the wait). The first measurement, taken once nothing waits (Little's law over a period
+   in which the first replicas just started reads low), if shorter than that, replaces the
+   guess at once: the samples it made hold the load measured
    then, its panic and the counts it asked for are forgotten, and that tick neither the
    scale-down rate nor the rule that keeps starting replicas holds what it ordered. A light
    load pays for the guess once in the revision's life, during its first cold start. While
-   no replica is ready and requests wait, a sample
-   never falls below the previous one: a client waiting for its answer sends no other, so a
+   no replica is ready (or none has been measured) and requests wait, a sample never falls
+   below the previous one: a client waiting for its answer sends no other, so a
    lull in arrivals during a cold start is load held back, not load gone. Sluice also reads
    level shifts out of the history, each judged in standard errors of the
    difference of two means (the noise measured from successive differences of the previous
@@ -338,11 +339,18 @@ def decide(
     service_s = state.service_s
     if features.instant_backlog and policy.counts_in_flight:
         service_s = _learned_service(service_s, inputs, state.buffered, state.history)
+        if state.service_s is None and inputs.buffered > 0:
+            # Little's law over one period while requests still wait reads low: the first
+            # replicas have not served a whole period, and requests longer than it have not
+            # finished. The first measurement is taken once nothing waits.
+            service_s = None
     # The guess before any replica served counts a whole period a request (_sample); a first
     # measurement shorter than that shows it too high. One as long or longer says nothing
     # better over a one-period window (a released backlog reads as arrivals of one period).
     first_measured = state.service_s is None and service_s is not None \
         and service_s < METRIC_PERIOD_S
+    guessing = (features.instant_backlog and policy.counts_in_flight and service_s is None
+                and inputs.buffered > 0)
     # 1. demand
     kept_s = policy.stable_window_s
     if features.scale_ahead and cold_start_s is not None:
@@ -356,9 +364,9 @@ def decide(
     if first_measured:
         state = _weighed(state, sample)
     if (features.instant_backlog and policy.metric_kind is not scaling.MetricKind.CUSTOM
-            and inputs.buffered > 0 and inputs.ready == 0 and state.history):
-        # No replica serves yet, and a client waiting for an answer sends no other: a lull in
-        # arrivals while the first replicas start is load held back, not load gone.
+            and inputs.buffered > 0 and (inputs.ready == 0 or guessing) and state.history):
+        # No replica serves yet (or none has been measured), and a client waiting for an answer
+        # sends no other: a lull in arrivals meanwhile is load held back, not load gone.
         sample = dataclasses.replace(sample, served=max(sample.served, state.history[-1].served))
     history = _recorded(state.history, sample, kept_s)
     since_drop = None
@@ -369,8 +377,8 @@ def decide(
         history = since_drop
     stable_demand = _demand(history, inputs.now - policy.stable_window_s, features)
     panic_demand = _demand(history, inputs.now - policy.panic_window_s, features)
-    if waiting_since is not None and service_s is None and policy.counts_in_flight:
-        # Guessing (_sample): the guess is a bound on the load, held while it waits, not a
+    if guessing:
+        # (_sample) The guess is a bound on the load, held while requests wait, not a
         # measurement to average with the samples before it.
         stable_demand = panic_demand = max(stable_demand, history[-1].served)
     risen_load, since_rise = 0.0, None

@@ -775,3 +775,18 @@ def test_a_guess_at_zero_counts_the_first_period_s_waiting_then_its_rate_not_the
             counts else 0), state, the_policy)
         counts.append(decision.desired)
     assert counts == [1, 200, 400, 400]
+
+
+def test_a_guess_is_kept_while_requests_still_wait_for_the_first_replicas():
+    """8 requests of a minute at zero, never served: the guess asks for 8. A second later the
+    first replica has taken one for half a second, the 7 others wait: Little's law over that
+    second would read a 0.5 s service time and 1 replica's load. The guess holds until nothing
+    waits (likely what had the cluster's GPU test see 3 asked where 4 fit)."""
+    state = settled(0)
+    decision, state = decider.decide(decider.ScalingInputs(
+        now=60, value=0, buffered=8, arrivals=8.0), state, ISSUE_POLICY)
+    assert decision.desired == 8
+    decision, state = decider.decide(decider.ScalingInputs(
+        now=61, value=0.5, buffered=7, in_flight=1, arrivals=0.0, ready=1, starting=7),
+        state, ISSUE_POLICY)
+    assert (decision.desired, state.service_s) == (8, None)
