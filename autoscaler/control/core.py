@@ -489,15 +489,19 @@ class Core:
                 self._publishes.notify_all()
 
     async def publish(self) -> None:
-        """Publish the table if it changed, then release what left it."""
+        """Publish the table if it changed, then release what it no longer lists. A replica
+        that starts draining (or a revision removed) while the publish is in flight is still
+        in the table the routers now hold: it goes after the next one."""
         table = self.table()
+        listed = {r.key: frozenset(r.replicas.endpoints()) for r in self._live()}
         if table is not None and table != self._published and self.publisher is not None:
             await self.publisher.publish(table)
         self._published = table
         for revision in list(self.revisions.values()):
-            revision.replicas.released()
-            if revision.removing:
+            if revision.key not in listed:
                 self._retire(revision)
+            else:
+                revision.replicas.released(listed[revision.key])
 
     def _retire(self, revision: Revision) -> None:
         """Out of every router's table: scale it to zero, close it, forget it."""
@@ -505,7 +509,7 @@ class Core:
         self.store.drop(ports.StateKey.scaling(revision.key))
         if not revision.keep_replicas:
             revision.replicas.scale(0)
-            revision.replicas.released()
+            revision.replicas.released(frozenset())
         task = asyncio.get_running_loop().create_task(revision.replicas.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -162,8 +162,9 @@ class Replicas(Protocol):
     def take_cold_starts(self) -> tuple[float, ...]:
         """Seconds from start to ready of the replicas that became ready since the last call."""
 
-    def released(self) -> None:
-        """Every router has accepted a table without the retiring replicas: stop them."""
+    def released(self, listed: frozenset[str]) -> None:
+        """Every router has accepted a table whose endpoints for this revision are ``listed``:
+        stop the retiring replicas not among them."""
 
     async def close(self) -> None:
         """The revision leaves the core (or the controller stops): stop what this started."""

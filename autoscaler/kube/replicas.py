@@ -302,7 +302,7 @@ class KubeReplicas:
         finally:
             self._patching = None
 
-    def released(self) -> None:
+    def released(self, listed: frozenset[str]) -> None:
         """Nothing to do: the ReplicaSet deletes pods; a dying pod leaves the table at once."""
 
     async def close(self) -> None:

@@ -194,7 +194,7 @@ class Fleet:
         taken, self.cold_starts = tuple(self.cold_starts), []
         return taken
 
-    def released(self) -> None:
+    def released(self, listed: frozenset[str]) -> None:
         pass
 
     async def close(self) -> None:

@@ -25,7 +25,7 @@ class MemoryReplicas:
     starting: int = 0
     failure: str | None = None
     restarts: int = 0
-    released_calls: int = 0
+    released_with: list[frozenset[str]] = field(default_factory=list)
     closed: bool = False
     cold_starts: list[float] = field(default_factory=list)
 
@@ -55,8 +55,8 @@ class MemoryReplicas:
         taken, self.cold_starts = tuple(self.cold_starts), []
         return taken
 
-    def released(self) -> None:
-        self.released_calls += 1
+    def released(self, listed: frozenset[str]) -> None:
+        self.released_with.append(listed)
 
     async def close(self) -> None:
         self.closed = True
@@ -189,12 +189,66 @@ async def test_a_removed_revision_leaves_the_table_then_goes_to_zero_and_its_sta
     await control.publish()
     assert routers.revisions() == {"model": ["v1"]}
     assert (removed.desired, removed.ready) == (0, 0)
-    assert removed.released_calls >= 1
+    assert removed.released_with[-1] == frozenset(), "nothing of it is listed any more"
     await control.close()
     assert removed.closed
     assert ports.StateKey.scaling(("model", "v2")) not in store.documents
     assert not control.has(("model", "v2"))
     assert control.revisions_of("model") == []  # closed: the core forgot every revision
+
+
+class GatedRouters(Routers):
+    """Routers that take a table only when the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def publish(self, table: routing.RouteTable) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().publish(table)
+
+
+async def test_a_replica_retired_while_a_publish_is_in_flight_is_released_only_after_the_next():
+    """The table in flight still lists a replica scaled away meanwhile: the routers hold it,
+    so it may not be stopped until a table without it has been accepted."""
+    routers = GatedRouters()
+    control = core.Core(capacity=NoGpus(), publisher=routers, load=routers, clock=Clock())
+    replicas = MemoryReplicas()
+    control.upsert(target(minReplicas=2), replicas)
+    replicas.scale(2)
+    replicas.become_ready()
+    both = frozenset(replicas.endpoints())
+    in_flight = asyncio.create_task(control.publish())
+    await routers.entered.wait()
+    replicas.scale(1)  # a tick retires one while the routers are taking the table
+    routers.gate.set()
+    await in_flight
+    assert set(routers.tables[-1].services["model"].revisions[0].endpoints) == both
+    assert replicas.released_with == [both], "released only what the routers no longer list"
+    await control.publish()
+    assert replicas.released_with[-1] == frozenset(replicas.endpoints())
+    assert len(replicas.released_with[-1]) == 1
+
+
+async def test_a_revision_removed_while_a_publish_is_in_flight_goes_after_the_next():
+    routers = GatedRouters()
+    control = core.Core(capacity=NoGpus(), publisher=routers, load=routers, clock=Clock())
+    kept, removed = MemoryReplicas(), MemoryReplicas()
+    control.upsert(target("v1"), kept)
+    control.upsert(target("v2", weight=0), removed)
+    in_flight = asyncio.create_task(control.publish())
+    await routers.entered.wait()
+    control.remove(("model", "v2"))
+    routers.gate.set()
+    await in_flight
+    assert routers.revisions() == {"model": ["v1", "v2"]}
+    assert not removed.closed and ("model", "v2") in control.revisions
+    await control.publish()
+    assert routers.revisions() == {"model": ["v1"]}
+    assert ("model", "v2") not in control.revisions
 
 
 async def test_a_service_whose_revisions_are_all_removed_is_not_published_empty():

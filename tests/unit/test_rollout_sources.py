@@ -39,7 +39,7 @@ class Replicas:
     def take_cold_starts(self) -> tuple[float, ...]:
         return ()
 
-    def released(self) -> None:
+    def released(self, listed: frozenset[str]) -> None:
         pass
 
     async def close(self) -> None:
