@@ -163,10 +163,10 @@ class RevisionReplicas:
             live.append(replica)
             self._spawn(replica, self._run(replica))
 
-    def released(self) -> None:
-        """Signal replicas that have left the published route table."""
+    def released(self, listed: frozenset[str]) -> None:
+        """Signal draining replicas that have left the published route table."""
         for replica in self.replicas:
-            if replica.state == State.DRAINING:
+            if replica.state == State.DRAINING and replica.url not in listed:
                 self._stop(replica)
 
     async def close(self) -> None:
@@ -204,6 +204,8 @@ class RevisionReplicas:
             logger.warning("%s: cannot run %r: %s", self.name, argv[0], why)
             self._crashed(replica, f"its command cannot be run ({why})")
             return
+        if replica.state is State.STOPPING:
+            self._stop(replica)  # retired while it was being spawned: _stop had no process
         logger.info("%s: replica :%d starting (pid %d)", self.name, replica.port,
                     replica.process.pid)
         if await self._became_ready(replica):

@@ -18,7 +18,7 @@ import sys
 import aiohttp
 import pytest
 
-from autoscaler.local import stack, up
+from autoscaler.local import gpus, replicas, stack, up
 from autoscaler.sources import routers
 from tests import procs
 from tests.integration.conftest import INFER, MODEL_SERVER, PAYLOAD, ROOT, call, stack_revision
@@ -52,6 +52,32 @@ async def test_a_core_that_fails_mid_run_leaves_no_replica_behind(tmp_path, monk
 
 
 # -- sluice up as a process: crash-only ----------------------------------------------------------
+
+
+async def test_a_replica_retired_while_it_is_being_spawned_stops_and_gives_its_gpu_back(
+        tmp_path):
+    """Scaled up and back down within one call's time, before its process exists: the replica
+    is stopped once it does, not left running outside the table holding its GPU."""
+    changed = asyncio.Event()
+    pool = gpus.GpuPool([0])
+    spec = stack.RevisionSpec.model_validate({
+        "name": "v1", "command": [sys.executable, "-c", "import time; time.sleep(600)"],
+        "scaling": {"gpusPerReplica": 1, "maxReplicas": 1}})
+    revision = replicas.RevisionReplicas("model", spec, pool, tmp_path, changed.set,
+                                         tag=f"test-spawn-{os.getpid()}")
+    revision.scale(1)
+    (replica,) = revision.replicas
+    assert pool.free == 0
+    revision.scale(0)  # nothing awaited: the spawn has not returned yet
+    try:
+        async with asyncio.timeout(30):
+            while revision.replicas:
+                changed.clear()
+                await changed.wait()
+        assert pool.free == 1
+        assert replica.process is not None and replica.process.returncode is not None
+    finally:
+        await revision.close()
 
 
 def test_kill_9_of_sluice_up_takes_the_router_and_every_replica_with_it(start_stack):
