@@ -416,17 +416,21 @@ class PodRunner:
 
 
 async def _terminate(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s``; reaps the process."""
+    """SIGTERM, then SIGKILL after ``grace_s``; reaps the process, also when cancelled during
+    the grace period (the kubelet shutting down): SIGKILL at once, never left running."""
     if process.poll() is not None:
         return
     process.terminate()
     deadline = asyncio.get_running_loop().time() + grace_s
-    while process.poll() is None:
-        if asyncio.get_running_loop().time() > deadline:
+    try:
+        while process.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        if process.poll() is None:
             process.kill()
             process.wait()
-            return
-        await asyncio.sleep(0.05)
 
 
 class ProcessKubelet:

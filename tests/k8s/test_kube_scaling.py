@@ -109,13 +109,16 @@ async def test_scale_from_zero_answers_300_concurrent_requests_exactly_once(
 async def test_gpu_capacity_caps_desired_leaves_nothing_pending_and_a_new_node_scales_on(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     """Two nodes of 4 GPUs, 2 GPUs a replica: demand for 8 replicas gets the 4 that fit,
-    CapacityLimited says so, no pod of sluice's waits Pending; a third node lets 2 more run."""
+    CapacityLimited says so, no pod of sluice's waits Pending; a third node lets 2 more run.
+    The 8 requests outlast every wait (they are cancelled at the end), so the demand is there
+    however slowly the machine gets through the steps before the third node."""
     make_gpu_node(f"{cluster.namespace}-a", gpus=4)
     make_gpu_node(f"{cluster.namespace}-b", gpus=4)
-    slow = kserve.model_server_command(SERVICE, "--latency", "60")
+    held_s = 5 * TIMEOUT_S
+    slow = kserve.model_server_command(SERVICE, "--latency", f"{held_s:g}")
     router, predictors = serve_isvc(cluster, tmp_path, gpus=2, command=slow, maxReplicas=8,
                                     gpusPerReplica=2)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=held_s),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
         demand = [asyncio.create_task(infer(session, router)) for _ in range(8)]
         try:
@@ -132,8 +135,10 @@ async def test_gpu_capacity_caps_desired_leaves_nothing_pending_and_a_new_node_s
                         if p.status.phase == "Pending"], "sluice left pods Pending"
 
             make_gpu_node(f"{cluster.namespace}-c", gpus=4)
-            await waiting.eventually(lambda: cluster.policy_status("fraud-v1").get("desired") == 6,
-                          timeout_s=TIMEOUT_S, what="desired 6 once the third node is in")
+            await waiting.eventually(
+                lambda: cluster.policy_status("fraud-v1").get("desired") == 6, timeout_s=TIMEOUT_S,
+                what="desired 6 once the third node is in",
+                seen=lambda: cluster.policy_status("fraud-v1"))
             await waiting.eventually(lambda: sum(map(running, cluster.pods(predictors))) == 6,
                           timeout_s=TIMEOUT_S, what="6 predictor pods running")
         finally:

@@ -19,14 +19,16 @@ def until(predicate: Callable[[], object], *, timeout_s: float, what: str) -> No
         time.sleep(POLL_S)
 
 
-async def eventually(predicate: Callable[[], object], *, timeout_s: float, what: str) -> None:
+async def eventually(predicate: Callable[[], object], *, timeout_s: float, what: str,
+                     seen: Callable[[], object] | None = None) -> None:
     """``until`` for asyncio code: polls without blocking the loop. ``predicate`` may be a
-    coroutine function."""
+    coroutine function; ``seen``, what the timeout's message shows of the state instead."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not await _value(predicate()):
         if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+            shown = f"; last seen: {seen()}" if seen is not None else ""
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}{shown}")
         await asyncio.sleep(POLL_S)
 
 
