@@ -749,7 +749,7 @@ class Controller:
                     pod.status.phase != "Running"):
                 continue
             service = labels.get(SERVICE_LABEL)
-            found.append((f"http://{ip}:{_admin_port(pod)}",
+            found.append((pods.url(ip, _admin_port(pod)),
                           frozenset({service}) if service else None))
         if not found:
             self._set_routers(control, ())

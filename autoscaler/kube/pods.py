@@ -56,7 +56,14 @@ class PodView:
 
     @property
     def endpoint(self) -> str | None:
-        return f"http://{self.ip}:{self.port}" if self.ip else None
+        return url(self.ip, self.port) if self.ip else None
+
+
+def url(ip: str, port: int, path: str = "") -> str:
+    """http://IP:PORT/PATH, an IPv6 pod IP in brackets (an IPv6-only or dual-stack cluster's
+    pod IPs may be IPv6)."""
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}{path}"
 
 
 def view(pod: Any) -> PodView:

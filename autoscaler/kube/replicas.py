@@ -134,7 +134,8 @@ class Prober:
             task.cancel()
 
     async def _probe(self, pod: pods.PodView) -> None:
-        url = f"http://{pod.ip}:{pod.readiness_port}{pod.readiness_path}"
+        assert pod.ip is not None  # only pods with an IP are probed
+        url = pods.url(pod.ip, pod.readiness_port, pod.readiness_path)
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout_s)
         interval = self._settings.first_interval_s
         cold_start_s = self._cold_start(pod)

@@ -85,6 +85,15 @@ def pod(name: str = "p1", **fields: object) -> pods.PodView:
     return dataclasses.replace(base, **fields)
 
 
+@pytest.mark.parametrize(("ip", "expected"), [
+    ("10.1.2.3", "http://10.1.2.3:8080/ready"),
+    ("fd00:10:244::5", "http://[fd00:10:244::5]:8080/ready"),
+])
+def test_a_pod_url_brackets_an_ipv6_address(ip, expected):
+    assert pods.url(ip, 8080, "/ready") == expected
+    assert pod(ip=ip).endpoint == expected.removesuffix("/ready")
+
+
 class FakeScaleApi:
     """Answers /scale patches after the test lets it; records each."""
 
