@@ -498,10 +498,12 @@ class Core:
             await self.publisher.publish(table)
         self._published = table
         for revision in list(self.revisions.values()):
-            if revision.key not in listed:
+            shown = listed.get(revision.key)
+            if shown is not None:
+                revision.replicas.released(shown)
+            elif revision.removing:
                 self._retire(revision)
-            else:
-                revision.replicas.released(listed[revision.key])
+            # else: added while the publish was in flight; the next one lists it
 
     def _retire(self, revision: Revision) -> None:
         """Out of every router's table: scale it to zero, close it, forget it."""

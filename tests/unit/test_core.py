@@ -251,6 +251,22 @@ async def test_a_revision_removed_while_a_publish_is_in_flight_goes_after_the_ne
     assert ("model", "v2") not in control.revisions
 
 
+async def test_a_revision_added_while_a_publish_is_in_flight_is_kept_and_published_next():
+    routers = GatedRouters()
+    control = core.Core(capacity=NoGpus(), publisher=routers, load=routers, clock=Clock())
+    control.upsert(target("v1"), MemoryReplicas())
+    in_flight = asyncio.create_task(control.publish())
+    await routers.entered.wait()
+    added = MemoryReplicas()
+    control.upsert(target("v2", weight=0), added)
+    routers.gate.set()
+    await in_flight
+    assert control.has(("model", "v2")) and not added.closed
+    assert added.released_with == [], "not in the table the routers hold: nothing to release"
+    await control.publish()
+    assert routers.revisions() == {"model": ["v1", "v2"]}
+
+
 async def test_a_service_whose_revisions_are_all_removed_is_not_published_empty():
     control, routers, _ = new_core()
     replicas = MemoryReplicas()
