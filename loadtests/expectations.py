@@ -78,10 +78,22 @@ def _where(phase: str | None, after_seconds: float = 0.0) -> str:
     return f"{place}, after its first {after_seconds:g} s" if after_seconds else place
 
 
+def _why(seconds: list[record.Second]) -> str:
+    """The failures' reasons, most frequent first: "503: 2, ConnectionResetError: 1"; empty
+    when none failed (or the record predates reasons)."""
+    counts: dict[str, int] = {}
+    for second in seconds:
+        for reason, n in second.failures.items():
+            counts[reason] = counts.get(reason, 0) + n
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason}: {n}" for reason, n in ranked)
+
+
 def _errors(run: record.Run, spec: scenario.Errors) -> list[Result]:
     start, end = run.window(spec.phase, spec.after_seconds)
     seconds = run.client.between(start, end)
     failed = sum(s.failed for s in seconds)
+    why = _why(seconds)
     answered = sum(s.answered for s in seconds)
     where = _where(spec.phase, spec.after_seconds)
     name = f"errors ({where})"
@@ -94,13 +106,14 @@ def _errors(run: record.Run, spec: scenario.Errors) -> list[Result]:
         outcome = Outcome.PASS if percent <= spec.max_percent else Outcome.FAIL
         results.append(Result(
             name, outcome, round(percent, 3), f"<= {spec.max_percent:g} %", "%",
-            f"errors in {where}: {percent:.2f} % ({failed} of {answered} requests failed); "
-            f"bound <= {spec.max_percent:g} %"))
+            f"errors in {where}: {percent:.2f} % ({failed} of {answered} requests failed"
+            f"{'; ' + why if why else ''}); bound <= {spec.max_percent:g} %"))
     if spec.max_count is not None:
         outcome = Outcome.PASS if failed <= spec.max_count else Outcome.FAIL
         results.append(Result(
             name, outcome, failed, f"<= {spec.max_count}", "requests",
-            f"errors in {where}: {failed} of {answered} requests failed; bound <= "
+            f"errors in {where}: {failed} of {answered} requests failed"
+            f"{f' ({why})' if why else ''}; bound <= "
             f"{spec.max_count}"))
     return results
 
@@ -133,8 +146,10 @@ def _answered(run: record.Run, spec: scenario.Answered) -> list[Result]:
                        "answered: no request was sent")]
     problems = []
     if ok != sent:
+        why = _why(list(client.seconds))
         problems.append(f"{ok} of {sent} requests sent were answered with a 2xx ({failed} "
-                        f"failed, {sent - ok - failed} never answered)")
+                        f"failed, {sent - ok - failed} never answered"
+                        f"{f'; failed: {why}' if why else ''})")
     routed = run.router_totals()
     if routed is not None and routed[0] != sent:
         problems.append(f"the router answered {routed[0]} requests, the client sent {sent}")
@@ -297,11 +312,13 @@ def _rollout(run: record.Run, spec: scenario.RolloutOutcome) -> list[Result]:
                               f"s; observed {state.phase} {took:.1f} s after the start "
                               f"({state.reason})"))
     if spec.max_errors is not None:
-        failed = sum(s.failed for s in run.client.between(started, float("inf")))
+        seconds = run.client.between(started, float("inf"))
+        failed = sum(s.failed for s in seconds)
         outcome = Outcome.PASS if failed <= spec.max_errors else Outcome.FAIL
+        why = _why(seconds)
         results.append(Result(f"rollout errors (expected {spec.phase})", outcome, failed,
                               f"<= {spec.max_errors}",
-                              "requests", f"rollout errors: {failed} requests failed from the "
-                              f"rollout's start to the end of the run; bound <= "
-                              f"{spec.max_errors}"))
+                              "requests", f"rollout errors: {failed} requests failed"
+                              f"{f' ({why})' if why else ''} from the rollout's start to the "
+                              f"end of the run; bound <= {spec.max_errors}"))
     return results

@@ -37,7 +37,8 @@ long soaks; percentiles are nearest-rank over those buckets.
 
 The summary also has a ``timeline`` for `sluice loadtest`'s judge and report (record.py reads
 it): per second since the test started, the requests sent (as they are sent), answered ok or
-failed, per revision, and a latency histogram (latency.py; by completion time), plus when the
+failed, per revision, the failures by reason (the HTTP status, or the exception's class when
+there was no answer), and a latency histogram (latency.py; by completion time), plus when the
 first request was sent and the first 2xx came back.
 
 Environment:
@@ -261,13 +262,15 @@ class Outcomes:
 class Second:
     """One second of the timeline."""
 
-    __slots__ = ("failed", "latency", "ok", "revisions", "sent")
+    __slots__ = ("failed", "failures", "latency", "ok", "revisions", "sent")
 
     def __init__(self) -> None:
         self.sent = self.ok = self.failed = 0
         self.revisions: collections.defaultdict[str, list[int]] = (
             collections.defaultdict(lambda: [0, 0]))
         self.latency: collections.Counter[int] = collections.Counter()
+        self.failures: collections.Counter[str] = collections.Counter()
+        """Failed answers by reason (failure_reason)."""
 
 
 class Timeline:
@@ -287,11 +290,15 @@ class Timeline:
             self.first_sent_at = at
 
     def add(self, start_time: float, response_time_ms: float, revision: str,
-            failed: bool) -> None:
+            failure: str | None) -> None:
+        """An answer; ``failure`` is why it failed (failure_reason), None when it did not."""
+        failed = failure is not None
         done = start_time + response_time_ms / 1000
         second = self.seconds[self._second(done)]
         second.failed += failed
         second.ok += not failed
+        if failure is not None:
+            second.failures[failure] += 1
         second.revisions[revision][failed] += 1
         second.latency[latency.bucket(response_time_ms)] += 1
         if not failed and (self.first_ok_at is None or done < self.first_ok_at):
@@ -305,8 +312,19 @@ class Timeline:
                 "first_ok_at": self.first_ok_at,
                 "seconds": [{"t": t, "sent": s.sent, "ok": s.ok, "failed": s.failed,
                              "revisions": dict(s.revisions),
-                             "latency": {str(k): n for k, n in sorted(s.latency.items())}}
+                             "latency": {str(k): n for k, n in sorted(s.latency.items())},
+                             **({"failures": dict(sorted(s.failures.items()))}
+                                if s.failures else {})}
                             for t, s in sorted(self.seconds.items())]}
+
+
+def failure_reason(status: int, exception: Any) -> str:
+    """Why a request failed, for people reading a run: its HTTP status, or the exception's
+    class when there was no answer (ConnectionResetError, ...). The class, not its message:
+    few distinct values, and nothing of the request in it."""
+    if status:
+        return str(status)
+    return type(exception).__name__ if exception is not None else "no answer"
 
 
 class Recorder:
@@ -336,7 +354,8 @@ class Recorder:
         self.by_revision[revision].add(status, response_time, failed)
         if start_time is None:
             start_time = time.time() - response_time / 1000
-        self.timeline.add(start_time, response_time, revision, failed)
+        self.timeline.add(start_time, response_time, revision,
+                          failure_reason(status, exception) if failed else None)
         if context.get("first_token_ms") is not None:
             self.first_tokens.add(status, context["first_token_ms"], failed)
         if REQUESTS_PATH:

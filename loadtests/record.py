@@ -30,6 +30,8 @@ class Second:
     """Revision -> (ok, failed) answers."""
     latency: Mapping[int, int] = field(default_factory=dict)
     """Latency histogram (latency.py) of the answers, ok or failed."""
+    failures: Mapping[str, int] = field(default_factory=dict)
+    """Failed answers by reason: the HTTP status, or the exception's class with no answer."""
 
     @property
     def answered(self) -> int:
@@ -53,7 +55,8 @@ class Client:
         by_t = {row["t"]: Second(
             t=row["t"], sent=row["sent"], ok=row["ok"], failed=row["failed"],
             revisions={name: (ok, failed) for name, (ok, failed) in row["revisions"].items()},
-            latency={int(index): count for index, count in row["latency"].items()})
+            latency={int(index): count for index, count in row["latency"].items()},
+            failures=dict(row.get("failures", {})))
             for row in timeline["seconds"]}
         last = max(by_t, default=-1)
         return cls(started_at=timeline["started_at"],

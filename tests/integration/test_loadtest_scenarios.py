@@ -166,6 +166,7 @@ def test_a_canary_with_errors_expected_to_promote_fails_naming_the_verdict(
             "90 s") in done.done.stdout
     errors = done.results["errors (the whole run)"]
     assert errors["outcome"] == "fail" and errors["observed"] > 0
+    assert f"requests failed (500: {errors['observed']})" in errors["reason"], errors
     # Rolled back, at a cost in errors that was counted; whether within 30 s and 25 errors
     # depends on how fast this machine is, so it is reported, not required.
     assert done.results["rollout (expected RolledBack)"]["observed"] == "RolledBack", done

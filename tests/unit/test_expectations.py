@@ -21,10 +21,11 @@ RPS_POLICY = scaling.load_policy({"metric": "rps", "target": 10, "targetUtilizat
 
 
 def second(t: int, ok: int = 10, failed: int = 0, ms: float = 20.0, revision: str = "v1",
-           sent: int | None = None) -> dict:
-    return {"t": t, "sent": ok + failed if sent is None else sent, "ok": ok, "failed": failed,
-            "revisions": {revision: [ok, failed]},
-            "latency": {str(latency.bucket(ms)): ok + failed}}
+           sent: int | None = None, failures: dict[str, int] | None = None) -> dict:
+    row = {"t": t, "sent": ok + failed if sent is None else sent, "ok": ok, "failed": failed,
+           "revisions": {revision: [ok, failed]},
+           "latency": {str(latency.bucket(ms)): ok + failed}}
+    return {**row, "failures": failures} if failures else row
 
 
 def client(seconds: list[dict], first_sent: float | None = 0.0,
@@ -87,6 +88,15 @@ def test_errors_over_their_bound_fail_naming_both():
     assert (percent.outcome, percent.observed) == (Outcome.FAIL, pytest.approx(2.381, abs=1e-3))
     assert "2.38 % (5 of 210 requests failed); bound <= 1 %" in percent.reason
     assert (count.outcome, count.observed, count.bound) == (Outcome.FAIL, 5, "<= 3")
+
+
+def test_errors_name_why_the_requests_failed_most_frequent_first():
+    seconds = [*steady(20),
+               second(20, ok=5, failed=3, failures={"503": 2, "ConnectionResetError": 1}),
+               second(21, ok=5, failed=2, failures={"ConnectionResetError": 2})]
+    percent, count = judged(run({"errors": {"maxPercent": 1, "maxCount": 3}}, seconds))
+    assert "(5 of 215 requests failed; ConnectionResetError: 3, 503: 2); bound" in percent.reason
+    assert "5 of 215 requests failed (ConnectionResetError: 3, 503: 2); bound <= 3" in count.reason
 
 
 def test_errors_outside_the_window_do_not_count():
