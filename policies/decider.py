@@ -177,6 +177,11 @@ class ScalingInputs:
     """Requests per second arriving at the routers over the same period as ``value``, buffered
     ones included, whatever the metric (for rps it is ``value``); None when not measured. With
     concurrency it turns in-flight requests into the work one request makes (Little's law)."""
+    admitted: float | None = None
+    """Requests per second sent to replicas over the same period as ``value`` (the routers
+    count them); None when not measured, and then the decider infers them from ``arrivals``
+    and the buffer's change between ticks. With concurrency, in flight / admitted is the time
+    a request spends at a replica (Little's law), both over the same period."""
     free_gpus: int | None = None
     """Free units of the policy's GPU resource that this revision's new replicas could use, net
     of what its Pending replicas already requested; None when unknown or unlimited."""
@@ -185,7 +190,7 @@ class ScalingInputs:
 
     def __post_init__(self) -> None:
         counts = (self.value, self.buffered, self.in_flight, self.ready, self.starting,
-                  self.arrivals or 0.0)
+                  self.arrivals or 0.0, self.admitted or 0.0)
         if min(counts) < 0 or (self.free_gpus or 0) < 0 or any(d < 0 for d in self.cold_starts):
             raise ValueError(f"negative observation in {self}")
 
@@ -511,15 +516,23 @@ def _learned_service(
     previous: tuple[Sample, ...],
 ) -> float | None:
     """The service time with this tick's Little's law: in flight over the requests that went
-    to replicas per second, the arrivals less what the buffer kept of them (or plus what it
-    released) since the previous tick; when replicas are ready and at least one request went
-    to them. Weighted by those requests (SERVICE_EWMA_REQUESTS)."""
-    if inputs.arrivals is None or inputs.ready == 0 or not previous:
+    to replicas per second; when replicas are ready and at least one request went to them.
+    Weighted by those requests (SERVICE_EWMA_REQUESTS). The routers count what they sent
+    (``admitted``) over the same second as what was in flight; without that count it is the
+    arrivals less what the buffer kept of them (or plus what it released) since the previous
+    tick, which misreads a drain when ticks are shorter than the period (the same second read
+    twice, the buffer's change over half of it)."""
+    if inputs.ready == 0 or not previous:
         return learned
-    elapsed = inputs.now - previous[-1].at
-    if elapsed <= 0:
-        return learned
-    admitted = inputs.arrivals - (inputs.buffered - was_buffered) / elapsed
+    if inputs.admitted is not None:
+        admitted = inputs.admitted
+    else:
+        if inputs.arrivals is None:
+            return learned
+        elapsed = inputs.now - previous[-1].at
+        if elapsed <= 0:
+            return learned
+        admitted = inputs.arrivals - (inputs.buffered - was_buffered) / elapsed
     if admitted * METRIC_PERIOD_S < 1:
         return learned  # not one request to measure
     observed = inputs.value / admitted

@@ -36,6 +36,9 @@ class Window(_Message):
         "window first, so rates add up exactly and the sum may be fractional."))
     inflight_area: float = Field(ge=0, description=(
         "Requests in flight times seconds, over it (scaled like arrivals when merged)."))
+    dispatched: float = Field(0.0, ge=0, description=(
+        "Requests sent to a replica in it, retries and released waiters included (scaled like "
+        "arrivals when merged)."))
 
 
 class RawCounters(_Message):
@@ -148,6 +151,10 @@ class RevisionStats(_Message):
     inflight: int = Field(ge=0)
     inflight_avg: dict[str, float] = Field(description=(
         "Mean requests in flight at replicas over '1s', '6s' and '60s'."))
+    dispatched: dict[str, float] | None = Field(None, description=(
+        "Requests sent to replicas per second over '1s', '6s' and '60s': with inflight_avg over "
+        "the same seconds, the time a request spends at a replica (Little's law). None from a "
+        "router that does not count them."))
     latency_ms: Latency
     buffered: int = Field(ge=0)
     cold_start_waits: ColdStartWaits = ColdStartWaits()

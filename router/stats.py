@@ -54,6 +54,7 @@ class RevisionStats:
     __slots__ = (
         "_area",
         "_arrivals",
+        "_dispatched",
         "_last",
         "_sec",
         "buffer_wait_max_s",
@@ -102,6 +103,7 @@ class RevisionStats:
         self.stream_chunks = 0
         self.stream_seconds = 0.0
         self._arrivals = [0] * _RING
+        self._dispatched = [0] * _RING
         self._area = [0.0] * _RING
         self._sec = int(now)
         self._last = now
@@ -117,8 +119,10 @@ class RevisionStats:
             for s in range(max(self._sec + 1, sec - _RING + 1), sec):
                 self._area[s % _RING] = float(inflight)
                 self._arrivals[s % _RING] = 0
+                self._dispatched[s % _RING] = 0
             self._area[sec % _RING] = inflight * (now - sec)
             self._arrivals[sec % _RING] = 0
+            self._dispatched[sec % _RING] = 0
             self._sec = sec
         self._last = now
 
@@ -131,6 +135,8 @@ class RevisionStats:
         """A request got (+1) or gave back (-1) an endpoint: in-flight at the replicas."""
         self._advance(now)
         self.inflight += delta
+        if delta > 0:
+            self._dispatched[self._sec % _RING] += delta
 
     def answered(self, status: int, latency_s: float) -> None:
         """A request ended with this status (100-599; 499: the client left) after latency_s."""
@@ -185,6 +191,7 @@ class RevisionStats:
             windows[str(w)] = {
                 "seconds": float(w),
                 "arrivals": sum(self._arrivals[s] for s in slots),
+                "dispatched": sum(self._dispatched[s] for s in slots),
                 "inflight_area": sum(self._area[s] for s in slots),
             }
         by_code = {str(code): n for code, n in enumerate(self.by_code) if n}
@@ -244,6 +251,8 @@ def merge(raws: list[dict[str, Any]]) -> dict[str, Any]:
         windows[key] = {
             "seconds": seconds,
             "arrivals": sum(w["arrivals"] * seconds / w["seconds"] for w in parts if w["seconds"]),
+            "dispatched": sum(
+                w["dispatched"] * seconds / w["seconds"] for w in parts if w["seconds"]),
             "inflight_area": sum(
                 w["inflight_area"] * seconds / w["seconds"] for w in parts if w["seconds"]),
         }
@@ -322,6 +331,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "rps": per_window("arrivals"),
         "inflight": raw["inflight"],
         "inflight_avg": per_window("inflight_area"),
+        "dispatched": per_window("dispatched"),
         "latency_ms": {**{f"p{round(q * 100)}": ms(quantile(buckets, q, lowest, highest))
                           for q in (0.5, 0.9, 0.99)},
                        "min": ms(lowest), "max": ms(highest), "count": raw["latency_count"]},

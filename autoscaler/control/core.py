@@ -87,7 +87,7 @@ def scaling_inputs(now: float, policy: scaling.ScalingPolicy, load: ports.Revisi
     value = custom if custom is not None else load.metric(policy.metric_kind)
     return decider.ScalingInputs(
         now=now, value=value, buffered=max(load.buffered, buffered), in_flight=load.inflight,
-        arrivals=load.rps,
+        arrivals=load.rps, admitted=load.dispatched,
         ready=counts.ready, starting=counts.starting, free_gpus=free_gpus,
         cold_starts=cold_starts)
 

@@ -67,6 +67,9 @@ class RevisionLoad:
     rps_6s: float = 0.0
     concurrency: float = 0.0
     """Mean requests in flight at replicas over the last ~1 s."""
+    dispatched: float | None = None
+    """Requests sent to replicas per second over the same second as ``concurrency``; None
+    when a router does not count them."""
     inflight: int = 0
     buffered: int = 0
     streams: int = 0

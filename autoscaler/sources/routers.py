@@ -228,6 +228,8 @@ def _summed(rows: list[wire.RevisionStats], p99_ms: float | None) -> ports.Revis
         rps=sum(r.rps.get("1s", 0.0) for r in rows),
         rps_6s=sum(r.rps.get("6s", 0.0) for r in rows),
         concurrency=sum(r.inflight_avg.get("1s", 0.0) for r in rows),
+        dispatched=(sum(r.dispatched.get("1s", 0.0) for r in rows if r.dispatched is not None)
+                    if all(r.dispatched is not None for r in rows) else None),
         inflight=sum(r.inflight for r in rows),
         buffered=sum(r.buffered for r in rows),
         streams=sum(r.streams.inflight for r in rows),

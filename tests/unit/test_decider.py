@@ -503,6 +503,23 @@ def test_service_time_is_learned_once_a_replica_serves():
     assert learned == [None] * 3 + [pytest.approx(0.02)] * 7
 
 
+@pytest.mark.parametrize(("admitted", "learned"), [
+    pytest.param(6.0, 0.5, id="counted-by-the-routers-over-the-same-second"),
+    pytest.param(None, 0.3, id="inferred-from-the-buffer-over-half-a-second-reads-short"),
+])
+def test_the_service_time_is_in_flight_over_what_the_routers_sent(admitted, learned):
+    """Ticks every 0.5 s, the routers' figures over whole seconds. Two requests that waited
+    left the buffer since the last tick; over the last second 6 arrived, 6 went to the one
+    ready replica and 3 were in flight on average: 0.5 s each. Without the routers' count the
+    admitted rate is inferred as 6 + 2 / 0.5 s = 10 a second, and 0.3 s learned."""
+    the_policy = policy(metric="concurrency", target=1, targetUtilization=1.0)
+    before = decider.DeciderState(history=(decider.Sample(0.0, 0.0, 0.0),), buffered=2)
+    tick = decider.ScalingInputs(now=0.5, value=3.0, buffered=0, in_flight=3, ready=1,
+                                 arrivals=6.0, admitted=admitted)
+    _, after = decider.decide(tick, before, the_policy)
+    assert after.service_s == pytest.approx(learned)
+
+
 def test_rising_load_is_met_one_cold_start_ahead():
     def ramp(t):
         return 0.5 * t

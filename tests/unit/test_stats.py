@@ -54,6 +54,35 @@ def test_time_averaged_inflight_counts_time_not_events():
     assert summary["rps"]["60s"] == pytest.approx(1 / 60, abs=0.001)
 
 
+def test_requests_sent_to_replicas_over_a_second_give_the_service_time_with_its_in_flight():
+    """3 requests wait until a replica is ready at 1.0, then it takes them and 3 new ones in
+    that second, one every 1/6 s, 0.5 s each, and goes on at that pace. Over [2, 3): 6 sent,
+    3 in flight on average, 0.5 s a request by Little's law. Over [1, 2) the 3 released ones
+    were sent on top of 3 arrivals: sent counts them, arrivals do not."""
+    s = stats.RevisionStats(0.0)
+    for t in (0.2, 0.4, 0.6):
+        s.arrived(t)
+    events = []
+    for i in range(18):
+        start = 1.0 + i / 6
+        events += [(start, 1), (start + 0.5, -1)]
+    snapshots = {}
+    for t, delta in sorted(events):
+        for at in (2.01, 3.01):
+            if t > at and at not in snapshots:
+                snapshots[at] = s.raw(at)  # in time order, as the loop clock runs
+        if delta == 1 and t >= 1.5:
+            s.arrived(t)
+        s.assigned(t, delta)
+    first = stats.summarize(snapshots[2.01])
+    assert (first["dispatched"]["1s"], first["rps"]["1s"]) == (6, 3)
+    steady = stats.summarize(snapshots[3.01])
+    assert steady["dispatched"]["1s"] == 6
+    assert steady["inflight_avg"]["1s"] / steady["dispatched"]["1s"] == pytest.approx(0.5)
+    merged = stats.summarize(stats.merge([snapshots[3.01], snapshots[3.01]]))
+    assert merged["dispatched"]["1s"] == 12
+
+
 def test_old_seconds_fall_out_of_the_window():
     s = stats.RevisionStats(0.0)
     run_load(s, 0.0, 5, 100)
