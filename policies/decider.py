@@ -16,7 +16,8 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    to drain (3), whatever the metric: for rps the held requests were already counted as
    arrivals; for concurrency a waiting request is not one more in flight for as long as it
    waits but its service time of work, which sluice learns (Little's law: in flight over the
-   requests going to replicas, weighted by requests). While requests wait, what is in flight
+   requests the routers sent to replicas in the same second, weighted by requests). While
+   requests wait, what is in flight
    understates the load, so the sample is at least the in-flight work the last second's
    arrivals make (service time each, at most a second: whether they keep coming is not yet
    known); requests that left the buffer since the last tick were in flight on top of the
