@@ -8,6 +8,7 @@ cannot be judged (no requests in its window, no replica ever observed, no policy
 
 from __future__ import annotations
 
+import collections
 import enum
 from dataclasses import dataclass
 
@@ -81,10 +82,9 @@ def _where(phase: str | None, after_seconds: float = 0.0) -> str:
 def _why(seconds: list[record.Second]) -> str:
     """The failures' reasons, most frequent first: "503: 2, ConnectionResetError: 1"; empty
     when none failed (or the record predates reasons)."""
-    counts: dict[str, int] = {}
+    counts: collections.Counter[str] = collections.Counter()
     for second in seconds:
-        for reason, n in second.failures.items():
-            counts[reason] = counts.get(reason, 0) + n
+        counts.update(second.failures)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{reason}: {n}" for reason, n in ranked)
 

@@ -17,16 +17,16 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    arrivals; for concurrency a waiting request is not one more in flight for as long as it
    waits but its service time of work, which sluice learns (Little's law: in flight over the
    requests the routers sent to replicas in the same second, weighted by requests). While
-   requests wait, what is in flight
-   understates the load, so the sample is at least the in-flight work the last second's
-   arrivals make (service time each, at most a second: whether they keep coming is not yet
-   known); requests that left the buffer since the last tick were in flight on top of the
-   arrivals, and only the arrivals' share is load. Before any replica has served, what a
-   request weighs is unknown: the starting replicas take the backlog, and once one serves the
-   service time is measured; until then requests waiting while replicas serve count one in
-   flight each, as Knative counts them. While no replica is ready and requests wait, a sample
-   never falls below the previous one: a client waiting for its answer sends no other, so a
-   lull in arrivals during a cold start is load held back, not load gone. Sluice also reads
+   requests wait, what is in flight understates the load, so the sample is at least the
+   in-flight work the last second's arrivals make (service time each, at most a second:
+   whether they keep coming is not yet known); requests that left the buffer since the last
+   tick were in flight on top of the arrivals, and only the arrivals' share is load. Before
+   any replica has served, what a request weighs is unknown: the starting replicas take the
+   backlog, and once one serves the service time is measured; until then requests waiting
+   while replicas serve count one in flight each, as Knative counts them. While no replica
+   is ready and requests wait, a sample never falls below the previous one: a client waiting
+   for its answer sends no other, so a lull in arrivals during a cold start is load held
+   back, not load gone. Sluice also reads
    level shifts out of the history, each judged in standard errors of the
    difference of two means (the noise measured from successive differences of the previous
    ticks, and for rps at least a Poisson process's): a level ``SURGE_Z`` above the rest of the

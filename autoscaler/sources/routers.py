@@ -223,13 +223,18 @@ def _p99_ms(bounds: list[float], buckets: list[int] | None) -> float | None:
     return None if p99 is None else round(p99 * 1000, 3)
 
 
+def _dispatched(rows: list[wire.RevisionStats]) -> float | None:
+    """Requests sent to replicas per second, summed; None if a router does not count them."""
+    counted = [r.dispatched for r in rows if r.dispatched is not None]
+    return sum(d.get("1s", 0.0) for d in counted) if len(counted) == len(rows) else None
+
+
 def _summed(rows: list[wire.RevisionStats], p99_ms: float | None) -> ports.RevisionLoad:
     return ports.RevisionLoad(
         rps=sum(r.rps.get("1s", 0.0) for r in rows),
         rps_6s=sum(r.rps.get("6s", 0.0) for r in rows),
         concurrency=sum(r.inflight_avg.get("1s", 0.0) for r in rows),
-        dispatched=(sum(r.dispatched.get("1s", 0.0) for r in rows if r.dispatched is not None)
-                    if all(r.dispatched is not None for r in rows) else None),
+        dispatched=_dispatched(rows),
         inflight=sum(r.inflight for r in rows),
         buffered=sum(r.buffered for r in rows),
         streams=sum(r.streams.inflight for r in rows),
