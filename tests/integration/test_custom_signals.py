@@ -6,8 +6,8 @@ The signal is vLLM's KV-cache gauge as the reference server exposes it: running 
 sets the work in flight, and the AverageValue policy asks for ceil(ready x average / target)
 replicas. The count is judged on the controller's own record: every status row says the value
 the last decision used, the replicas ready at that decision and the count asked for; on each
-plateau every count is within one of the formula on the values recorded over the stable window
-before it (the policy's window: one sample of a gauge is noise the decider averages away).
+plateau every count is within one of the formula on the values of the decisions over the stable
+window before it (the policy's window: one sample of a gauge is noise the decider averages away).
 Waiting is on conditions with deadlines.
 """
 
@@ -102,19 +102,34 @@ class Record:
         await self._task
 
 
+def decisions(record: Record) -> list[tuple[float, float]]:
+    """(first seen, ready x value) of each decision the rows show. While the count is held (the
+    signal's lag after the ready count changed) the rows repeat the last decision's inputs, and
+    the decider's stable window holds one sample per decision, not one per row."""
+    seen: list[tuple[float, float]] = []
+    last = None
+    for at, row in record.rows:
+        used = (row["signal"], row["signal_ready"])
+        if row["signal"] is not None and used != last:
+            seen.append((at, row["signal_ready"] * row["signal"]))
+        last = used
+    return seen
+
+
 def judge_plateau(record: Record, start: float, end: float) -> int:
     """Every count asked for between ``start`` and ``end`` is within one of HPA's AverageValue
-    formula, ceil(ready x value / target), on the values recorded over the stable window before
-    it; the formula's median over the plateau."""
+    formula, ceil(ready x value / target), on the values of the decisions over the stable window
+    before the last decision; the formula's median over the plateau."""
     expected = []
+    made = decisions(record)
     for at, row in record.rows:
         if not start <= at < end:
             continue
-        window = [r for t, r in record.rows if at - STABLE_S < t <= at and r["signal"] is not None]
-        total = statistics.fmean(r["signal_ready"] * r["signal"] for r in window)
-        formula = math.ceil(total / TARGET - 1e-9)
+        last = max(t for t, _ in made if t <= at)
+        window = [total for t, total in made if last - STABLE_S < t <= last]
+        formula = math.ceil(statistics.fmean(window) / TARGET - 1e-9)
         expected.append(formula)
-        assert abs(row["desired"] - formula) <= 1, (at - start, row, formula)
+        assert abs(row["desired"] - formula) <= 1, (at - start, row, formula, window)
     assert len(expected) >= 10
     return statistics.median_low(expected)
 

@@ -62,10 +62,12 @@ async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
     notes = [e["note"] for e in sorted(cluster.events("Step"), key=lambda e: e["eventTime"])]
     assert [n.split(",")[0] for n in notes] == ["step 1/3", "step 2/3", "step 3/3"], notes
     assert cluster.events("Promoted")
-    # The old stable is parked: scaled to zero through /scale.
+    # The old stable is parked: scaled to zero through /scale, and its status says so once its
+    # last pod has gone (until then it reads Serving: the pod still answers its probe).
     await eventually(lambda: cluster.replicas(kserve.predictor_name(SERVICE)) == 0,
                      "the old stable at zero replicas")
-    assert cluster.condition("fraud-v1", "Active").get("reason") in ("ScaledToZero", None)
+    await eventually(lambda: cluster.condition("fraud-v1", "Active").get("reason")
+                     in ("ScaledToZero", None), "the old stable's status at ScaledToZero")
 
 
 async def test_rollout_rolls_back_a_canary_with_5_percent_errors_in_its_first_step(
