@@ -55,11 +55,10 @@ from loadtests import (
     replica,
     rollout_bench,
     sim_bench,
+    vegeta,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")) / "tools"
-VEGETA_VERSION = "v12.12.0"
 BODY = '{"outputs":[{"name":"output-0","shape":[1],"datatype":"FP32","data":[0.5]}]}'
 ADMIN_TOKEN = "bench"
 
@@ -68,16 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def vegeta() -> str:
-    """The vegeta binary, built from the Go module proxy into the cache on first use."""
-    path = TOOLS / "vegeta"
-    if not path.exists():
-        TOOLS.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "install", f"github.com/tsenart/vegeta/v12@{VEGETA_VERSION}"],
-                       check=True, env={**os.environ, "GOBIN": str(TOOLS), "GOTOOLCHAIN": "local"})
-    return str(path)
 
 
 @contextlib.contextmanager
@@ -175,10 +164,10 @@ def cpu_seconds(pid: int) -> float:
 def attack(port: int, rate: int, seconds: float) -> Latency:
     target = f"GET http://127.0.0.1:{port}/v2/models/model/infer\n"
     attack_ = subprocess.run(
-        [vegeta(), "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-keepalive=true",
+        [vegeta.binary(), "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-keepalive=true",
          "-timeout=10s", "-max-workers=256"],
         input=target.encode(), capture_output=True, check=True)
-    report = subprocess.run([vegeta(), "report", "-type=json"], input=attack_.stdout,
+    report = subprocess.run([vegeta.binary(), "report", "-type=json"], input=attack_.stdout,
                             capture_output=True, check=True)
     data = json.loads(report.stdout)
     lat = data["latencies"]

@@ -8,7 +8,9 @@ simulator is only worth trusting within the gap it shows against the same step r
 Each run starts a fresh ``sluice up`` with one revision of the reference model server
 (examples/model_server.py: ``SERVICE_S`` per request, ``MODEL_LOAD_S`` of model loading) at
 zero replicas, then locust users from zero (Poisson pacing, closed loop: a user whose request
-waits sends no other). A scenario may first serve a warm-up load and wait until the revision is
+waits sends no other); a surge is offered open loop instead (vegeta at a fixed rate from its
+first second, whatever the answers: users who wait for their answers would ramp it up only as
+fast as the replicas come). A scenario may first serve a warm-up load and wait until the revision is
 back at zero, so that the step meets a revision that has served before. The controller's
 /status and the router's /stats are polled every ``POLL_S``; from them, over the hold from the
 first arrival:
@@ -37,6 +39,7 @@ commit beside the fresh ones (``--from-zero-before FILE``).
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import itertools
 import json
@@ -59,7 +62,7 @@ import numpy as np
 
 from autoscaler.sim import model as simulate
 from autoscaler.sim import traces
-from loadtests import run, shapes
+from loadtests import run, shapes, vegeta
 from policies import baselines, scaling
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +81,9 @@ ZERO_WITHIN_S = 180.0
 """Longest wait, after a warm-up, for the revision to be back at zero replicas (stable window
 plus grace period: 90 s with the defaults)."""
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
+                       "data": [0.1, 0.2, 0.3, 0.4]}]}
+"""The Open Inference Protocol V2 request locust's users send (loadtests/locustfile.py)."""
 
 
 @dataclass(frozen=True)
@@ -86,22 +92,28 @@ class Scenario:
     what: str
     policy: dict[str, Any]
     users: int
-    """Users at 1 request/s each, from zero."""
+    """Users at 1 request/s each, from zero; an open-loop scenario's requests/s."""
     hold_s: float
     warm_up: tuple[int, float] | None = None
     """(users, seconds) served first, then idle until the revision is at zero again."""
+    open_loop: bool = False
+    """Offer ``users`` requests/s at once and whatever the answers (vegeta), not users."""
 
 
 ISSUE_POLICY = {"metric": "concurrency", "target": 1, "targetUtilization": 1.0,
                 "maxReplicas": 8, "minReplicas": 0, "initialScale": 0}
 """The issue's policy: one request in flight per replica, at most 8, from zero."""
+SURGE_POLICY = {**ISSUE_POLICY, "bufferDepth": 4000}
+"""The same, holding a surge's cold start of requests: 400 a second through a first cold start
+of 2.5 s is about the default depth of 1000."""
 SCENARIOS = (
     Scenario("concurrency-40", "40 RPS, concurrency", ISSUE_POLICY, 40, 60.0),
     Scenario("rps-40", f"40 RPS, rps (target {1 / SERVICE_S:g})",
              {**ISSUE_POLICY, "metric": "rps", "target": 1 / SERVICE_S}, 40, 60.0),
-    Scenario("surge-400", "400 RPS surge, concurrency, never served", ISSUE_POLICY, 400, 30.0),
-    Scenario("surge-400-served", "400 RPS surge, concurrency, served before", ISSUE_POLICY,
-             400, 30.0, warm_up=(40, 20.0)),
+    Scenario("surge-400", "400 RPS surge, concurrency, never served", SURGE_POLICY, 400, 30.0,
+             open_loop=True),
+    Scenario("surge-400-served", "400 RPS surge, concurrency, served before", SURGE_POLICY,
+             400, 30.0, warm_up=(40, 20.0), open_loop=True),
 )
 
 
@@ -223,14 +235,31 @@ Request = tuple[float, float, bool]
 """One request as locust saw it: (start, Unix seconds; latency, ms; failed)."""
 
 
-def _locust(stack: Stack, users: int, seconds: float) -> tuple[run.Summary, list[Request]]:
+def _locust(stack: Stack, users: int, seconds: float) -> list[Request]:
     step = shapes.Step(idle_seconds=IDLE_S, users=users, hold_seconds=seconds)
     requests_path = stack.workdir / "requests.json"
-    summary = run.run_locust(stack.url, step, IDLE_S + seconds, env={
+    run.run_locust(stack.url, step, IDLE_S + seconds, env={
         "SLUICE_USER_RPS": "1", "SLUICE_USER_PACING": "poisson",
         "SLUICE_LOAD_REQUESTS": str(requests_path)})
-    requests = [tuple(r) for r in json.loads(requests_path.read_text())]
-    return summary, requests
+    return [tuple(r) for r in json.loads(requests_path.read_text())]
+
+
+def _open_loop(stack: Stack, rate: int, seconds: float) -> list[Request]:
+    """``rate`` V2 infer requests a second from the first, whatever the answers (vegeta), after
+    ``IDLE_S`` of nothing as locust's step has."""
+    body = stack.workdir / "body.json"
+    body.write_text(json.dumps(V2_BODY))
+    target = f"POST {stack.url}/v2/models/model/infer\nContent-Type: application/json\n@{body}\n"
+    time.sleep(IDLE_S)
+    attack = subprocess.run(
+        [vegeta.binary(), "attack", f"-rate={rate}/s", f"-duration={seconds:g}s",
+         "-timeout=60s", "-max-workers=8000", "-keepalive=true"],
+        input=target.encode(), capture_output=True, check=True, timeout=seconds + 120)
+    rows = subprocess.run([vegeta.binary(), "encode", "-to", "csv"], input=attack.stdout,
+                          capture_output=True, check=True, timeout=60).stdout.decode()
+    # timestamp (Unix ns), status, latency (ns), ...: a status 0 is no answer (vegeta's error).
+    return [(int(row[0]) / 1e9, int(row[2]) / 1e6, not 200 <= int(row[1]) < 300)
+            for row in csv.reader(rows.splitlines())]
 
 
 def measure(scenario: Scenario, timeline: list[Poll] | None = None) -> Result:
@@ -254,10 +283,11 @@ def measure(scenario: Scenario, timeline: list[Poll] | None = None) -> Result:
             _locust(stack, *scenario.warm_up)
             _wait_at_zero(stack)
         watcher.start()
-        summary, requests = _locust(stack, scenario.users, scenario.hold_s + 1)
+        offer = _open_loop if scenario.open_loop else _locust
+        requests = offer(stack, scenario.users, scenario.hold_s + 1)
         done.set()
         watcher.join()
-        keep = summary.failures > 0 or stack.row()["restarts"] > 0
+        keep = any(failed for _, _, failed in requests) or stack.row()["restarts"] > 0
     finally:
         done.set()
         stack.close(keep=keep)
@@ -266,7 +296,7 @@ def measure(scenario: Scenario, timeline: list[Poll] | None = None) -> Result:
               file=sys.stderr)
     if timeline is not None:
         timeline.extend(polls)
-    return judged(scenario, polls, summary, requests)
+    return judged(scenario, polls, requests)
 
 
 def _wait_at_zero(stack: Stack) -> None:
@@ -277,9 +307,8 @@ def _wait_at_zero(stack: Stack) -> None:
         time.sleep(1.0)
 
 
-def judged(scenario: Scenario, polls: list[Poll], summary: run.Summary,
-           requests: list[Request]) -> Result:
-    """The run's figures from its polls and locust's requests."""
+def judged(scenario: Scenario, polls: list[Poll], requests: list[Request]) -> Result:
+    """The run's figures from its polls and the requests sent (locust's or vegeta's)."""
     policy = scaling.load_policy(scenario.policy)
     before = polls[0]  # a warm-up's requests were counted before it
     first = next(i for i, p in enumerate(polls) if p.arrived > before.arrived)
@@ -307,7 +336,8 @@ def judged(scenario: Scenario, polls: list[Poll], summary: run.Summary,
                                                  first_ready.at - start)
     return Result(
         replica_s=replica_s, needed_s=float(sum(plan)), service_s=service_s,
-        failures=summary.failures, requests=summary.requests, p99_after_ms=p99_after,
+        failures=sum(failed for _, _, failed in requests), requests=len(requests),
+        p99_after_ms=p99_after,
         peak_desired=max(p.desired for p in window), needed_count=needed_count,
         cold_start_s=first_ready.at - start,
         to_desired_s=next((p.at - start for p in window if p.desired >= needed_count), None),
