@@ -541,8 +541,11 @@ class Core:
             name=revision.target.revision, weight=revision.weight,
             endpoints=revision.replicas.endpoints(), concurrency=revision.target.concurrency,
             unavailable=revision.replicas.failure or revision.parked,
-            # A wave released from the buffer is shared by the replicas that become ready.
-            release_concurrency=revision.target.policy.release_concurrency)
+            # A wave released from the buffer is shared by the replicas that become ready;
+            # with none starting there is no one to share it with, and the pace would cap what
+            # the ready ones serve while a queue lasts (a limit the policy never set).
+            release_concurrency=(revision.target.policy.release_concurrency
+                                 if revision.replicas.counts().starting else 0))
 
     # reporting and stopping
 

@@ -166,7 +166,22 @@ async def test_a_revision_added_at_runtime_is_decided_on_the_next_tick_and_publi
     assert routers.revisions() == {"model": ["v1", "v2"]}
     v2 = routers.tables[-1].services["model"].revisions[1]
     assert (v2.weight, len(v2.endpoints)) == (0, 2)
-    assert v2.release_concurrency == 1  # a wave is paced at the policy's concurrency target
+
+
+async def test_a_wave_is_paced_while_replicas_start_and_released_freely_once_none_does():
+    """The pace shares a wave held at zero between the first replica ready and the ones still
+    starting (the policy's target in flight each); once none is starting, the queue goes as
+    fast as the ready replicas answer."""
+    control, routers, _ = new_core()
+    replicas = MemoryReplicas()
+    control.upsert(target("v1", minReplicas=0, initialScale=0), replicas)
+    replicas.scale(3)
+    replicas.ready, replicas.starting = 1, 2
+    await control.publish()
+    assert routers.tables[-1].services["model"].revisions[0].release_concurrency == 1
+    replicas.become_ready()
+    await control.publish()
+    assert routers.tables[-1].services["model"].revisions[0].release_concurrency == 0
 
 
 async def test_a_removed_revision_leaves_the_table_then_goes_to_zero_and_its_state_is_dropped():
