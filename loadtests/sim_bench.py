@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from autoscaler.sim import cli, model, plots, report, traces
+from policies import scaling
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_POLICIES = ROOT / "examples" / "policies"
@@ -88,7 +89,7 @@ def benchmark_section(args: argparse.Namespace) -> str:
         plots.plot(trace, replicas, runs, image)
         command = (f"sluice simulate --policy {policy_path.relative_to(ROOT)} --trace {name} "
                    f"--plot {os.path.relpath(image, ROOT)}")
-        checks = _judged(trace, replicas, runs)
+        checks = _judged(trace, replicas, runs, _slo_floor(trace, policy, replicas))
         verdicts += [(name, *check[:3]) for check in checks]
         sections += [f"### {name}", "", f"`{command}`", "",
                   report.describe(trace, replicas), "", report.markdown(runs), "",
@@ -135,7 +136,19 @@ def _judged_seed(job: tuple[str, int]) -> list[tuple[str, bool, str, float]]:
     trace = traces.bundled(name, seed)
     policy = cli.load_policy_file(EXAMPLE_POLICIES / trace.policy, trace)
     replicas = model.replica_model(trace, policy)
-    return _judged(trace, replicas, model.simulate(trace, policy, replicas))
+    return _judged(trace, replicas, model.simulate(trace, policy, replicas),
+                   _slo_floor(trace, policy, replicas))
+
+
+def _slo_floor(trace: traces.Trace, policy: scaling.ScalingPolicy,
+               replicas: model.ReplicaModel) -> int | None:
+    """A trace from zero: the SLO-violation seconds of starting every replica the policy allows
+    at each first request (sluice with activationScale = maxReplicas), the least any scaler
+    that acts on requests can have; None for a warm trace."""
+    if not trace.from_zero or not policy.max_replicas:
+        return None
+    everything = policy.model_copy(update={"activation_scale": policy.max_replicas})
+    return model.simulate(trace, everything, replicas)["sluice"].metrics.slo_violation_s
 
 
 def _with_headroom() -> list[str]:
@@ -166,8 +179,8 @@ def _with_headroom() -> list[str]:
     return [*lines, ""]
 
 
-def _judged(trace: traces.Trace, replicas: model.ReplicaModel,
-            runs: dict[str, model.Run]) -> list[tuple[str, bool, str, float]]:
+def _judged(trace: traces.Trace, replicas: model.ReplicaModel, runs: dict[str, model.Run],
+            slo_floor: int | None = None) -> list[tuple[str, bool, str, float]]:
     """The issue's targets for sluice on this trace: (target, met, the numbers behind it, the
     value judged)."""
     sluice, kpa, oracle = (runs[name].metrics for name in ("sluice", "kpa", "oracle"))
@@ -184,8 +197,11 @@ def _judged(trace: traces.Trace, replicas: model.ReplicaModel,
         desired = runs["oracle"].series.desired
         starts = sum(1 for a, b in itertools.pairwise([0, *desired]) if a == 0 < b)
         waits = (f"; {starts} starts from zero, each a {replicas.cold_start_s:g} s cold start "
-                 f"every scaler but the oracle waits through; KPA at "
-                 f"{kpa.replica_seconds / oracle.replica_seconds:.2f}x the oracle's cost")
+                 f"every scaler but the oracle waits through")
+        if slo_floor is not None:
+            waits += (f": {slo_floor} s even starting maxReplicas at each first request, "
+                      f"the floor")
+        waits += f"; KPA at {kpa.replica_seconds / oracle.replica_seconds:.2f}x the oracle's cost"
     return [
         (f"replica-seconds ≤ {COST_TARGET:g}x the oracle's", cost <= COST_TARGET,
          f"{cost:.2f}x ({sluice.replica_seconds:,.0f} vs {oracle.replica_seconds:,.0f}; "

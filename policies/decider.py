@@ -18,22 +18,29 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    waits but its service time of work, which sluice learns (Little's law: in flight over the
    requests the routers sent to replicas in the same second, weighted by requests). While
    requests wait, what is in flight understates the load, so the sample is at least the
-   in-flight work the last second's arrivals make (service time each, at most a second:
-   whether they keep coming is not yet known); requests that left the buffer since the last
-   tick were in flight on top of the arrivals, and only the arrivals' share is load. Before
-   any replica has served, what a request weighs is unknown: the starting replicas take the
-   backlog, and once one serves the service time is measured; until then requests waiting
-   while replicas serve count one in flight each, as Knative counts them. While no replica
-   is ready and requests wait, a sample never falls below the previous one: a client waiting
-   for its answer sends no other, so a lull in arrivals during a cold start is load held
-   back, not load gone. Sluice also reads
-   level shifts out of the history, each judged in standard errors of the
-   difference of two means (the noise measured from successive differences of the previous
-   ticks, and for rps at least a Poisson process's): a level ``SURGE_Z`` above the rest of the
-   stable window is the load at once (and the history restarts at that step, unless the
-   window is a ramp); a level ``SETTLE_Z`` below it for the last cold start (at least a panic
-   window) is the load from then on, and any panic ends, instead of holding the peak for a
-   whole stable window: holding longer than a cold start costs more than starting again.
+   in-flight work the last second's arrivals make (service time each, at most a second: whether
+   they keep coming is not yet known); requests that left the buffer since the last tick were
+   in flight on top of the arrivals, and only the arrivals' share is load. Before any replica
+   has served, what a request weighs is unknown (400 requests a second of 20 ms look like 40 of
+   200 ms): until one has, sluice guesses the longest the rule above counts, each of the last
+   second's arrivals in flight for the whole second (in the wait's first second, before its
+   rate is measured, each waiting request), not averaged with the samples before it, so a surge
+   is met within one cold start (Knative counts every waiting request, a count that grows with
+   the wait). The first measurement, taken once nothing waits (Little's law over a period in
+   which the first replicas just started reads low), if shorter than that, replaces the guess
+   at once: the samples it made hold the load measured then, its panic and the counts it asked
+   for are forgotten, and that tick neither the scale-down rate nor the rule that keeps
+   starting replicas holds what it ordered. A light load pays for the guess once in the
+   revision's life, during its first cold start. While no replica is ready (or none has been
+   measured) and requests wait, a sample never falls below the previous one: a client waiting
+   for its answer sends no other, so a lull in arrivals during a cold start is load held back,
+   not load gone. Sluice also reads level shifts out of the history, each judged in standard
+   errors of the difference of two means (the noise measured from successive differences of the
+   previous ticks, and for rps at least a Poisson process's): a level ``SURGE_Z`` above the
+   rest of the stable window is the load at once (and the history restarts at that step, unless
+   the window is a ramp); a level ``SETTLE_Z`` below it for the last cold start (at least a
+   panic window) is the load from then on, and any panic ends, instead of holding the peak for
+   a whole stable window: holding longer than a cold start costs more than starting again.
 2. Replicas. ``want = ceil(demand / max(0.01, target * utilization))`` for each window. Sluice
    also fits a line through two cold starts of history (at least a stable window) and, while
    its slope is ``TREND_Z`` standard errors above zero, asks for the demand the line predicts
@@ -71,11 +78,13 @@ alone, for comparison. Everything below is in the metric's unit, summed over the
    falls (the trend test mirrored): a replica released for a dip costs a cold start to get
    back. The drain count of 3 is applied after the delay.
 7. Bounds, in order: initialScale until reached once; sluice never cancels a starting replica
-   (its cold start would be wasted and the next tick would launch it again); sluice caps at what
-   free GPUs hold, ``ready + starting + floor(free / gpusPerReplica)``, reporting CapacityLimited;
-   min/max replicas; at least 1 while anything is in flight or buffered, and activationScale at
-   once when the first request waits at zero; zero only after no demand for the stable window
-   plus the grace period (one replica is kept until then).
+   (its cold start would be wasted and the next tick would launch it again), except at the
+   first measurement of a service time, which may show the guess ordered too many; sluice
+   caps at what free GPUs hold, ``ready + starting + floor(free / gpusPerReplica)``,
+   reporting CapacityLimited; min/max replicas; at least 1 while anything is in flight or
+   buffered, and activationScale at once when the first request waits at zero; zero only
+   after no demand for the stable window plus the grace period (one replica is kept until
+   then).
 
 Worked example, concurrency with target 10 and utilization 0.7, so 7 in flight per replica; one
 sample a second. A revision at zero has been idle for a minute; 100 requests arrive within a
@@ -84,9 +93,11 @@ sees a stable average of 100/60 ≈ 1.7 and a panic average of 100/6 ≈ 16.7 (t
 five idle ones): stable want 1, panic want ceil(16.7/7) = 3 ≥ 2 * 1, so it panics and asks for
 3, then 5, 8, 10, 12 and 15 as the burst fills its panic window, and holds 15 for a minute
 whatever the requests weigh. If no replica of the revision has served yet, sluice cannot know
-that: 100 requests of 10 ms are a seventh of one replica's second, 100 of a minute are 15
-replicas for a minute. It starts one replica (activationScale) and keeps it while it starts;
-once it serves, the service time is measured and the rest follows from it. If the revision
+that either: 100 requests of 10 ms are a seventh of one replica's second, 100 of a minute are
+15 replicas for a minute. It guesses each of the second's 100 arrivals in flight for the whole
+second, and at once (a level that far above the idle window is the load, 1): 15 on the first
+tick, held while they start. Once one serves, the service time is measured and replaces the
+guess: for 10 ms requests, one replica from that tick on. If the revision
 has served before and learned that a request is in flight 0.5 s, the 100 arrivals make 50 in
 flight: ceil(50/7) = 8 replicas on the first tick. The waiting requests are that load, not
 also a backlog; the drain asks for what keeps 50 in flight through a panic window (the cold
@@ -248,6 +259,9 @@ class DeciderState:
     """Requests waiting at the previous tick (concurrency, sluice only): those that left the
     buffer since were served on top of the arrivals, and their time in flight is the backlog's
     drain, not the load's."""
+    waiting_since: float | None = None
+    """When requests began to wait with no replica ready (sluice only); None while none wait
+    so. Within a period of it, every waiting request arrived within the last period."""
 
     @property
     def panicking(self) -> bool:
@@ -289,7 +303,8 @@ class Features:
     instant_backlog: bool = True
     """Treat the router backlog as work to drain in a cold start (rps, and concurrency with a
     learned service time) rather than averaging it in as load; hold the load through a cold
-    start's lull; end a panic a cold start's backlog began as soon as nothing waits."""
+    start's lull; end a panic a cold start's backlog began as soon as nothing waits; replace
+    the guess made before any replica served by the first measurement at once."""
     startup_aware: bool = True
     """Count starting replicas as capacity, and never cancel one."""
     scale_ahead: bool = True
@@ -328,16 +343,38 @@ def decide(
     service_s = state.service_s
     if features.instant_backlog and policy.counts_in_flight:
         service_s = _learned_service(service_s, inputs, state.buffered, state.history)
+        if state.service_s is None and inputs.buffered > 0:
+            # Little's law over the periods the first replicas begin to serve in reads low: a
+            # request sent in one is in flight there only for the part of it that is left.
+            # The first measurement is taken once nothing waits.
+            service_s = None
+    # The guess before any replica served counts a whole period a request (_sample); a first
+    # measurement shorter than that shows it too high. One as long or longer says nothing
+    # better over a one-period window (a released backlog reads as arrivals of one period).
+    first_measured = (state.service_s is None and service_s is not None
+                      and service_s < METRIC_PERIOD_S)
+    guessing = (features.instant_backlog and policy.counts_in_flight and service_s is None
+                and inputs.buffered > 0)
     # 1. demand
     kept_s = policy.stable_window_s
     if features.scale_ahead and cold_start_s is not None:
         kept_s = max(kept_s, TREND_COLD_STARTS * cold_start_s)
     elapsed = inputs.now - state.history[-1].at if state.history else 0.0
-    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s)
+    waiting_since = None
+    if features.instant_backlog and inputs.buffered > 0 and inputs.ready == 0:
+        waiting_since = inputs.now if state.waiting_since is None else state.waiting_since
+    sample = _sample(inputs, state.buffered, elapsed, policy, features, service_s,
+                     waiting_since)
+    if first_measured and service_s is not None:
+        # The tick the backlog drained: what it served is mostly the drain (_sample), so the
+        # load is also read as Little's law gives it, the arrivals times the service time.
+        sample = dataclasses.replace(sample, served=max(
+            sample.served, (inputs.arrivals or 0.0) * min(service_s, METRIC_PERIOD_S)))
+        state = _weighed(state, sample)
     if (features.instant_backlog and policy.metric_kind is not scaling.MetricKind.CUSTOM
-            and inputs.buffered > 0 and inputs.ready == 0 and state.history):
-        # No replica serves yet, and a client waiting for an answer sends no other: a lull in
-        # arrivals while the first replicas start is load held back, not load gone.
+            and inputs.buffered > 0 and (inputs.ready == 0 or guessing) and state.history):
+        # No replica serves yet (or none has been measured), and a client waiting for an answer
+        # sends no other: a lull in arrivals meanwhile is load held back, not load gone.
         sample = dataclasses.replace(sample, served=max(sample.served, state.history[-1].served))
     history = _recorded(state.history, sample, kept_s)
     since_drop = None
@@ -348,6 +385,10 @@ def decide(
         history = since_drop
     stable_demand = _demand(history, inputs.now - policy.stable_window_s, features)
     panic_demand = _demand(history, inputs.now - policy.panic_window_s, features)
+    if guessing:
+        # (_sample) The guess is a bound on the load, held while requests wait, not a
+        # measurement to average with the samples before it.
+        stable_demand = panic_demand = max(stable_demand, history[-1].served)
     risen_load, since_rise = 0.0, None
     if features.settle and since_drop is None:
         risen_load, since_rise = _risen(state.history, history, policy)
@@ -389,6 +430,9 @@ def decide(
         panic_on_backlog = state.panic_on_backlog if state.panicking else (
             inputs.buffered > 0 and inputs.ready == 0)
     stable_count = _rate_limited(stable_want, base, policy)
+    if first_measured:
+        # What was asked for before was Knative's guess; the measurement replaces it at once.
+        stable_count = min(stable_count, max(stable_want, policy.activation_scale))
     desired = stable_count
     if panic_last_over is not None:
         conditions.add(Condition.PANICKING)
@@ -410,7 +454,8 @@ def decide(
 
     # 6. bounds
     reached_initial = state.reached_initial_scale or inputs.ready >= policy.initial_scale
-    wanted, desired, capacity_limit = _capped(delayed, inputs, policy, features, reached_initial)
+    wanted, desired, capacity_limit = _capped(delayed, inputs, policy, features, reached_initial,
+                                              keep_starting=not first_measured)
     if capacity_limit is not None and wanted > capacity_limit:
         conditions.add(Condition.CAPACITY_LIMITED)
     last_demand_at = _last_demand_at(state.last_demand_at, inputs, history[-1])
@@ -441,6 +486,7 @@ def decide(
         service_s=service_s,
         panic_on_backlog=panic_on_backlog,
         buffered=inputs.buffered if features.instant_backlog else 0,
+        waiting_since=waiting_since,
     )
     return decision, next_state
 
@@ -480,7 +526,7 @@ def _learned_cold_start(learned: float | None, observed: Iterable[float]) -> flo
 
 def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
             policy: scaling.ScalingPolicy, features: Features,
-            service_s: float | None) -> Sample:
+            service_s: float | None, waiting_since: float | None = None) -> Sample:
     if not policy.counts_in_flight:
         # rps: the held requests were counted as arrivals already; under sluice the backlog
         # is drained on top of the load (_drain_want). custom: a signal's unit says nothing
@@ -503,13 +549,20 @@ def _sample(inputs: ScalingInputs, was_buffered: int, elapsed: float,
         # arriving is not known yet). The waiting ones are a backlog to drain (_drain_want).
         made = (inputs.arrivals or 0.0) * min(service_s, METRIC_PERIOD_S)
         return Sample(inputs.now, max(served, made), 0.0)
-    if inputs.value > 0:
-        # No service time learned yet, and requests wait while replicas serve: each is one
-        # more in flight, as Knative counts them.
-        return Sample(inputs.now, served, float(inputs.buffered))
-    # A cold start's backlog before any replica has served: what its requests weigh is not
-    # known until one has, and the replicas starting take them first.
-    return Sample(inputs.now, served, 0.0)
+    # No service time learned yet: 400 requests/s of 20 ms look like 40 of 200 ms until a
+    # replica has served. Guess the longest the rule above counts, a whole period each: the
+    # last period's arrivals are in flight, so a surge is met within one cold start; unlike
+    # Knative's count the guess does not grow with the wait. Without measured arrivals, each
+    # waiting request is one more in flight, as Knative counts them. The first measurement
+    # replaces the guess (_weighed).
+    if inputs.arrivals is None:
+        return Sample(inputs.now, served + inputs.buffered, 0.0)
+    guess = inputs.arrivals * METRIC_PERIOD_S
+    if waiting_since is not None and inputs.now - waiting_since <= METRIC_PERIOD_S:
+        # The wait began within the period: the waiting requests all arrived in it, before
+        # its rate is measured (rates are over whole periods).
+        guess = max(guess, float(inputs.buffered))
+    return Sample(inputs.now, max(served, guess), 0.0)
 
 
 def _learned_service(
@@ -542,6 +595,16 @@ def _learned_service(
     if learned is None:
         return observed
     return learned + (observed - learned) * admitted / (admitted + SERVICE_EWMA_REQUESTS)
+
+
+def _weighed(state: DeciderState, sample: Sample) -> DeciderState:
+    """The state once the service time is first measured: the guesses in the history (_sample)
+    are at most the load measured now, and the panic and the counts they asked for are
+    forgotten, so the measured load decides from this tick on."""
+    history = tuple(Sample(s.at, min(s.served, sample.served), s.backlog)
+                    for s in state.history)
+    return dataclasses.replace(state, history=history, panic_last_over=None, panic_peak=0,
+                               panic_on_backlog=False, recent=())
 
 
 def _request_work(policy: scaling.ScalingPolicy, service_s: float | None) -> float | None:
@@ -925,6 +988,7 @@ def _capped(
     policy: scaling.ScalingPolicy,
     features: Features,
     reached_initial: bool,
+    keep_starting: bool = True,
 ) -> tuple[int, int, int | None]:
     """The count within the revision's limits: (wanted, capped, capacity_limit).
 
@@ -933,7 +997,7 @@ def _capped(
     """
     if not reached_initial:
         desired = max(desired, policy.initial_scale)
-    if features.startup_aware and inputs.starting > 0:
+    if features.startup_aware and keep_starting and inputs.starting > 0:
         desired = max(desired, inputs.ready + inputs.starting)
     wanted = desired
     capacity_limit = _gpu_capacity_limit(inputs, policy) if features.gpu_capacity else None

@@ -7,8 +7,8 @@ answers come), scaled on concurrency: the replicas a load needs then follow from
 users, not from a rate that a busy machine might not reach.
 
 Step from idle on concurrency with a model that takes seconds to load: the requests held during
-the cold start are a backlog to drain, not one more request in flight each, so the controller
-starts the replicas the load keeps busy, not one per held request.
+the cold start are a backlog to drain, not one more request in flight each, so once a replica
+has served the controller keeps the replicas the load keeps busy, not one per held request.
 """
 
 from __future__ import annotations
@@ -136,19 +136,31 @@ async def test_replicas_retired_under_load_never_cost_a_request(start_stack, tmp
     assert set(statuses) == {200}, statuses
 
 
-def test_step_from_zero_on_concurrency_starts_what_the_load_needs_not_the_backlog(start_stack):
+def test_step_from_zero_on_concurrency_keeps_what_the_load_needs_not_the_backlog(start_stack):
     """40 users at 1 request/s of 20 ms keep about 0.8 in flight: one replica at one in flight
-    each, two at peaks. The 40 requests held while the first replica loads its model (2 s) used
-    to count as 40 in flight, and all 8 replicas were started within the first seconds."""
+    each, two at peaks. Before any replica has served, the weight of a request is unknown and
+    40 arrivals a second might be 40 in flight: the controller guesses so (8 replicas, the
+    policy's most). The 40 requests held while the first replica loads its model (2 s) used to
+    count as 40 in flight through the stable window (60 s): 8 replicas held for a minute. Now
+    the first measurement replaces the guess, and the count is what the load needs."""
     stack = start_stack([stack_revision(
         command=[*MODEL_SERVER, "--latency", "0.02", "--startup-delay", "2"], maxReplicas=8)])
     step = shapes.Step(idle_seconds=1, users=40, hold_seconds=20)
     summary = run.run_locust(stack.url, step, 21, env={"SLUICE_USER_RPS": "1",
                                                        "SLUICE_USER_PACING": "poisson"})
 
-    started = sorted(Path(stack.run_dir).glob("model-v1-*.log"))  # one per replica started
     held = call("GET", f"http://127.0.0.1:{stack.admin}/stats")[1]["revisions"][0][
         "cold_start_waits"]["count"]
     assert held >= 20, "the first replica's cold start held a backlog"
     assert summary.failures == 0, summary.status_codes
-    assert 1 <= len(started) <= 4, started
+    made = decisions(stack.proc.output())  # every count asked for, in order, under the load
+    peak = max(range(len(made)), key=lambda i: made[i][1])
+    guess = made[peak][1]
+    assert guess > 2, ("no guess was made before a replica served", made)
+    # Straight down from the guess once measured, and never back to it: what the load needs
+    # from then on (one or two replicas here, more while a busy machine slows the replicas).
+    after = [to for _, to in made[peak + 1:]]
+    down_at = next((i for i, count in enumerate(after) if count <= guess // 2), None)
+    assert down_at is not None, ("the guess was held", made)
+    assert after[:down_at] == sorted(after[:down_at], reverse=True), made
+    assert max(after[down_at:]) < guess, made

@@ -142,16 +142,22 @@ def test_concurrency_policy_follows_the_load_like_rps():
         assert runs[name].series.desired[-1] == math.ceil(400 / CAPACITY), name
 
 
-def test_concurrency_from_zero_buys_the_load_not_the_cold_start_backlog():
-    """A step from zero on requests in flight: the requests held during the cold start are a
-    backlog to drain, not all in flight at once, as the KPA counts them (Knative's activator
-    reports held requests as concurrency)."""
-    runs = simulate_([0] * 30 + [400] * 300, scale_to_zero(metric="concurrency", target=10),
-                     from_zero=True, service_s=SERVICE_S)
-    oracle = runs["oracle"].metrics.replica_seconds
-    assert runs["sluice"].metrics.replica_seconds <= 1.15 * oracle
-    assert runs["kpa"].metrics.replica_seconds > 1.5 * oracle
-    assert runs["sluice"].series.ready[-1] == math.ceil(400 / CAPACITY)
+def test_concurrency_from_zero_guesses_once_then_buys_the_load_not_the_cold_start_backlog():
+    """Two steps from zero on requests in flight, of 100 ms requests. At the first, nothing has
+    served yet: sluice guesses each of a second's arrivals in flight (400 in flight, 58
+    replicas), once; the KPA counts every request held through the cold start as in flight
+    (Knative's activator reports them so), which grows with the wait. At the second the
+    service time is known: the held requests are a backlog to drain, not load."""
+    rates = [0] * 30 + [400] * 300 + [0] * 200 + [400] * 300
+    runs = simulate_(rates, scale_to_zero(metric="concurrency", target=10), from_zero=True,
+                     service_s=SERVICE_S)
+    sluice, kpa, oracle = (runs[name].series for name in ("sluice", "kpa", "oracle"))
+    second = slice(530, None)
+    assert max(sluice.desired[:530]) == math.ceil(400 / 7)
+    assert max(kpa.desired[:530]) > 5 * math.ceil(400 / 7)
+    assert sum(sluice.billed[second]) <= 1.15 * sum(oracle.billed[second])
+    assert sum(kpa.billed[second]) > 1.5 * sum(oracle.billed[second])
+    assert sluice.ready[-1] == math.ceil(400 / CAPACITY)
 
 
 def test_concurrency_policy_needs_a_service_time():
