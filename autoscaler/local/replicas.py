@@ -33,6 +33,7 @@ import contextlib
 import enum
 import logging
 import os
+import random
 import signal
 import socket
 import statistics
@@ -350,10 +351,32 @@ def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+"""Replica ports are picked from here up to the kernel's ephemeral range."""
+_PORT_CHOICE = random.SystemRandom()
+
+
+def _free_port(rng: random.Random = _PORT_CHOICE) -> int:
+    """A loopback port nothing is bound to, below the kernel's ephemeral range. A port the
+    kernel hands out for binding port 0 is one it may give an outgoing connection before the
+    replica binds it: a load generator's thousands of connections took one ("address already
+    in use", a replica restart)."""
+    try:
+        ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default
+    for _ in range(100):
+        port = rng.randrange(LOWEST_PORT, max(LOWEST_PORT + 1, ephemeral))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # crowded below the range: let the kernel choose
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def last_line(path: Path) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+import socket
+
 import pytest
 
 from autoscaler.local import children, replicas, stack
@@ -44,3 +48,36 @@ def test_a_crash_is_replaced_at_once_then_ever_later_and_a_healthy_run_starts_ov
 ])
 def test_an_exit_is_said_in_words(code, said):
     assert children.describe_exit(code) == said
+
+
+class Ports(random.Random):
+    """A random source that picks the given ports in turn."""
+
+    def __init__(self, *ports: int) -> None:
+        super().__init__()
+        self.ports = list(ports)
+
+    def randrange(self, low: int, high: int | None = None, step: int = 1) -> int:
+        port = self.ports.pop(0)
+        assert high is not None and low <= port < high
+        return port
+
+
+def test_a_replica_port_is_below_the_ephemeral_range_and_skips_one_in_use():
+    """Outgoing connections take ephemeral ports: a replica's port is picked below them, so a
+    load generator's connections cannot take it before the replica binds it."""
+    ephemeral = int(replicas.EPHEMERAL_RANGE.read_text().split()[0])
+    ports = iter(p for p in range(replicas.LOWEST_PORT, ephemeral) if _free(p))
+    in_use, free = next(ports), next(ports)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", in_use))
+        taken.listen()
+        assert replicas._free_port(Ports(in_use, free)) == free
+    assert replicas.LOWEST_PORT <= replicas._free_port() < ephemeral
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe, contextlib.suppress(OSError):
+        probe.bind(("127.0.0.1", port))
+        return True
+    return False
