@@ -431,7 +431,7 @@ def decide(
             inputs.buffered > 0 and inputs.ready == 0)
     stable_count = _rate_limited(stable_want, base, policy)
     if first_measured:
-        # What was asked for before was Knative's guess; the measurement replaces it at once.
+        # What was asked for before was the guess; the measurement replaces it at once.
         stable_count = min(stable_count, max(stable_want, policy.activation_scale))
     desired = stable_count
     if panic_last_over is not None:
