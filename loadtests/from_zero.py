@@ -75,8 +75,8 @@ POLL_S = 0.2
 IDLE_S = 1.0
 """Seconds without users at the start of each locust run."""
 UNSATURATED_RPS = 1e6
-"""Requests/s a replica serves in the replay: the reference model server takes every request
-sent to it (asyncio, no concurrency limit), so at these loads it never queues one."""
+"""Requests/s a replica serves in the replay when the reference model server takes every
+request sent to it (asyncio, no ``--parallelism``): at these loads it never queues one."""
 ZERO_WITHIN_S = 180.0
 """Longest wait, after a warm-up, for the revision to be back at zero replicas (stable window
 plus grace period: 90 s with the defaults)."""
@@ -98,6 +98,9 @@ class Scenario:
     """(users, seconds) served first, then idle until the revision is at zero again."""
     open_loop: bool = False
     """Offer ``users`` requests/s at once and whatever the answers (vegeta), not users."""
+    parallelism: int = 0
+    """The model server's ``--parallelism``: requests it works on at once, the rest waiting
+    inside it, as a GPU or the GIL would have them; 0 (the default) works on every one."""
 
 
 ISSUE_POLICY = {"metric": "concurrency", "target": 1, "targetUtilization": 1.0,
@@ -108,6 +111,8 @@ SURGE_POLICY = {**ISSUE_POLICY, "bufferDepth": 4000}
 of 2.5 s is about the default depth of 1000."""
 SCENARIOS = (
     Scenario("concurrency-40", "40 RPS, concurrency", ISSUE_POLICY, 40, 60.0),
+    Scenario("concurrency-40-serial", "40 RPS, concurrency, a server that works on 1 at a "
+             "time", ISSUE_POLICY, 40, 60.0, parallelism=1),
     Scenario("rps-40", f"40 RPS, rps (target {1 / SERVICE_S:g})",
              {**ISSUE_POLICY, "metric": "rps", "target": 1 / SERVICE_S}, 40, 60.0),
     Scenario("surge-400", "400 RPS surge, concurrency, never served", SURGE_POLICY, 400, 30.0,
@@ -159,11 +164,12 @@ class Stack:
     """A fresh ``sluice up`` with one revision; stopped by PID. Its run directory (replica and
     router logs) is removed unless ``keep``."""
 
-    def __init__(self, policy: dict[str, Any]) -> None:
+    def __init__(self, policy: dict[str, Any], parallelism: int = 0) -> None:
         self.port, self.admin, self.status = (_free_port() for _ in range(3))
         self.workdir = Path(tempfile.mkdtemp(prefix="sluice-fromzero-"))
         server = [sys.executable, str(ROOT / "examples" / "model_server.py"), "--port", "{port}",
-                  "--latency", str(SERVICE_S), "--startup-delay", str(MODEL_LOAD_S)]
+                  "--latency", str(SERVICE_S), "--startup-delay", str(MODEL_LOAD_S),
+                  "--parallelism", str(parallelism)]
         stack = {
             "router": {"listen": f"127.0.0.1:{self.port}", "admin": f"127.0.0.1:{self.admin}"},
             "controller": {"listen": f"127.0.0.1:{self.status}"},
@@ -264,7 +270,7 @@ def _open_loop(stack: Stack, rate: int, seconds: float) -> list[Request]:
 
 def measure(scenario: Scenario, timeline: list[Poll] | None = None) -> Result:
     """One run of the scenario on a fresh stack; its polls are added to ``timeline``."""
-    stack = Stack(scenario.policy)
+    stack = Stack(scenario.policy, scenario.parallelism)
     polls: list[Poll] = []
     done = threading.Event()
 
@@ -333,7 +339,7 @@ def judged(scenario: Scenario, polls: list[Poll], requests: list[Request]) -> Re
     p99_all = float(np.quantile([ms for _, ms in held], 0.99)) / 1000
     needed_count = int(np.median(plan[len(plan) // 2:]))
     sim = None if scenario.warm_up else replayed(arrivals, policy, service_s,
-                                                 first_ready.at - start)
+                                                 first_ready.at - start, scenario.parallelism)
     return Result(
         replica_s=replica_s, needed_s=float(sum(plan)), service_s=service_s,
         failures=sum(failed for _, _, failed in requests), requests=len(requests),
@@ -363,12 +369,14 @@ def per_second(polls: list[Poll], start: float, seconds: int) -> np.ndarray:
 
 
 def replayed(arrivals: np.ndarray, policy: scaling.ScalingPolicy, service_s: float,
-             cold_start_s: float) -> simulate.Metrics:
+             cold_start_s: float, parallelism: int = 0) -> simulate.Metrics:
     """The same arrivals in the simulator, from zero, with the measured cold start and
-    service time: sluice's figures (`sluice simulate --trace live.csv --from-zero ...`)."""
+    service time, each replica serving what the model server's parallelism lets it: sluice's
+    figures (`sluice simulate --trace live.csv --from-zero ...`)."""
     trace = traces.Trace("live", arrivals, "measured arrivals", cold_start_s=cold_start_s,
                          from_zero=True, service_s=service_s)
-    model = simulate.replica_model(trace, policy, capacity=UNSATURATED_RPS)
+    capacity = parallelism / SERVICE_S if parallelism else UNSATURATED_RPS
+    model = simulate.replica_model(trace, policy, capacity=capacity)
     return simulate.simulate(trace, policy, model)["sluice"].metrics
 
 
@@ -414,7 +422,10 @@ def render(command: str, runs: int, results: dict[str, list[Result]],
         "## Autoscaler: steps from zero on the local stack, and the same steps simulated", "",
         f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (loadtests/from_zero.py): a fresh "
         f"`sluice up` per run, one revision of the reference model server ({SERVICE_S * 1000:g} "
-        f"ms per request, {MODEL_LOAD_S:g} s model load) at zero replicas, policy "
+        f"ms per request, {MODEL_LOAD_S:g} s model load; it works on every request at once, "
+        "asyncio, except on the row that says it works on 1 at a time: `--parallelism 1`, "
+        "the rest waiting inside it, what `target: 1` tells sluice of a server) at zero "
+        "replicas, policy "
         "`targetUtilization: 1.0, maxReplicas: 8` with the metric and target shown, locust "
         "users at 1 request/s each with Poisson pacing; the surges are offered open loop "
         "instead (vegeta: 400 requests/s from the first second whatever the answers, "
@@ -447,10 +458,10 @@ def render(command: str, runs: int, results: dict[str, list[Result]],
             f"{_spread([r.to_ready_s or math.inf for r in rows], '{:.1f}')} |")
     lines += [
         "", "Sim-to-real: each run's arrivals per second replayed by the simulator from zero "
-        "with that run's cold start and service time, and replicas that take every request as "
-        "the reference model server does (`sluice simulate --trace FILE.csv --from-zero "
-        "--cold-start S --service-time S --capacity 1000000`); gap = (sim - live) / live, per "
-        "run.", "",
+        "with that run's cold start and service time, and replicas that serve what the "
+        "reference model server does: every request (`sluice simulate --trace FILE.csv "
+        "--from-zero --cold-start S --service-time S --capacity 1000000`), or 1 at a time "
+        f"(`--capacity {1 / SERVICE_S:g}`); gap = (sim - live) / live, per run.", "",
         "| scenario | replica-s live | replica-s sim | gap | p99 wait live s | p99 wait sim s "
         "| gap |", "|---|---|---|---|---|---|---|",
     ]
