@@ -269,8 +269,9 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
         release_rps: float | None = None) -> Run:
     """Replay ``arrivals`` (WARMUP_S seconds of warm-up first, then the measured trace) with the
     control core deciding every ``tick_s`` seconds; ``signal`` is a custom-signal trace's
-    signal per request in flight, each second (the trace's SignalSource); ``release_rps``
-    the router's release pace (``release_rps``), None for a router that does not pace."""
+    signal per request in flight, each second (the trace's SignalSource); ``release_rps`` what
+    a ready replica takes of the queue while others start (``release_rps()``), None for a
+    router that does not pace."""
     fleet = Fleet(model, initial)
     clock = SimClock()
     control = core.Core(capacity=fleet, clock=clock, decider_=decides)
