@@ -670,7 +670,6 @@ def test_more_load_never_gives_fewer_replicas(decide, load, the_policy, trace, l
     assert more_decided.desired >= fewer.desired
 
 
-
 @pytest.mark.parametrize(("cold_start_s", "kept"), [
     pytest.param(60.0, 6, id="slow-start-keeps-the-replica-noise-may-need"),
     pytest.param(1.0, 5, id="fast-start-releases-it-and-restarts-if-needed"),
