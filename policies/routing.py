@@ -74,6 +74,10 @@ class Revision(_Model):
         "an endpoint. It paces a scale-from-zero wave: the first replica to become ready takes "
         "this many, then one more per answer, and the replicas that become ready next share "
         "the rest, instead of the first one taking the whole wave while the others start. "
+        "It is where each endpoint starts: an answer about as fast as the endpoint's fastest "
+        "lets one more in, a slower one takes one back, so a server that takes any number "
+        "drains the wave in a few round trips and one that works on a few at a time holds "
+        "about that many. "
         "The autoscaler sets it from the ScalingPolicy (in-flight requests per replica it "
         "aims for). With concurrency set too, the smaller one paces. Default 0, as before."))
     unavailable: str | None = Field(None, max_length=500, description=(

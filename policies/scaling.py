@@ -251,9 +251,9 @@ class ScalingPolicy(BaseModel):
     def release_concurrency(self) -> int:
         """The route table's ``release_concurrency`` for this revision: the requests in flight
         per replica the policy aims for, ceil(target x targetUtilization), so a wave buffered
-        at zero is released to each replica at the load it was sized for and the replicas that
-        become ready next share it. 0 (unpaced) for rps and custom metrics, whose target is not
-        a number of requests in flight."""
+        at zero is released to each replica at the load it was sized for (then more, while
+        its answers do not slow) and the replicas that become ready next share it. 0 (unpaced)
+        for rps and custom metrics, whose target is not a number of requests in flight."""
         if self.metric_kind is not MetricKind.CONCURRENCY:
             return 0
         # - 1e-9: 10 x 0.7 is 7.000000000000001 in floats, and 7 is meant.

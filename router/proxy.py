@@ -395,6 +395,7 @@ class Exchange:
     """One request from arrival to its last response byte."""
 
     __slots__ = (
+        "assigned_at",
         "backend",
         "body",
         "body_bytes",
@@ -449,6 +450,7 @@ class Exchange:
         self.failed: list[balancer.Endpoint] | None = None  # endpoints that refused us
         self.head = b""
         self.started = 0.0
+        self.assigned_at = 0.0
         self.enqueued_at = 0.0
         self.deadline = NEVER
         self.status = 0
@@ -495,7 +497,8 @@ class Exchange:
         self.endpoint = endpoint
         endpoint.inflight += 1
         worker = self.client.worker
-        backend.stats.assigned(worker.now(), 1)
+        self.assigned_at = now = worker.now()
+        backend.stats.assigned(now, 1)
         idle = endpoint.idle
         while idle:
             conn = idle.pop()
@@ -780,7 +783,7 @@ class Exchange:
                 endpoint.idle.append(conn)
             else:
                 conn.close()
-        self._release_endpoint(now)
+        self._release_endpoint(now, answered=conn is not None and 200 <= status < 300)
         backend = self.backend
         if backend is not None:
             stats = backend.stats
@@ -791,7 +794,7 @@ class Exchange:
         if worker.draining:
             worker.exchange_done()
 
-    def _release_endpoint(self, now: float) -> None:
+    def _release_endpoint(self, now: float, *, answered: bool = False) -> None:
         endpoint = self.endpoint
         if endpoint is None:
             return
@@ -801,4 +804,6 @@ class Exchange:
         assert backend is not None
         backend.stats.assigned(now, -1)
         if backend.queue:
+            if answered and backend.release_limit:
+                backend.answered(endpoint, now - self.assigned_at)
             backend.release(now)

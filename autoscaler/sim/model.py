@@ -24,9 +24,9 @@ The model, one second per step:
    ReplicaSet does.
 2. Requests. The second's arrivals join a FIFO fluid queue at the router; ready capacity serves
    it; the rest waits for later seconds (the buffer is unbounded here, so nothing is lost).
-   While requests wait and replicas start, sluice's router releases the queue at the policy's
-   in-flight aim per ready replica (``release_rps``): a replica able to serve more serves no
-   more of the queue until the starting ones are ready.
+   (sluice's router releases a wave at the policy's in-flight aim per replica and lets each
+   take more while its answers do not slow: within a few round trips a replica serves what it
+   can, so the one-second model gives it its whole capacity.)
 3. Decisions. On a tick the scaler sees the mean arrival rate since its last tick (the rps
    metric, and ``arrivals`` whatever the metric; on concurrency the metric is the requests
    served in the second times the service time), the queue (``buffered``), the requests served
@@ -265,13 +265,10 @@ class SimClock:
 
 
 def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[Any],
-        tick_s: int, model: ReplicaModel, initial: int, signal: Rates | None = None,
-        release_rps: float | None = None) -> Run:
+        tick_s: int, model: ReplicaModel, initial: int, signal: Rates | None = None) -> Run:
     """Replay ``arrivals`` (WARMUP_S seconds of warm-up first, then the measured trace) with the
     control core deciding every ``tick_s`` seconds; ``signal`` is a custom-signal trace's
-    signal per request in flight, each second (the trace's SignalSource); ``release_rps`` what
-    a ready replica takes of the queue while others start (``release_rps()``), None for a
-    router that does not pace."""
+    signal per request in flight, each second (the trace's SignalSource)."""
     fleet = Fleet(model, initial)
     clock = SimClock()
     control = core.Core(capacity=fleet, clock=clock, decider_=decides)
@@ -296,12 +293,8 @@ def run(arrivals: Rates, policy: scaling.ScalingPolicy, decides: core.Decider[An
         clock.now = now
         fleet.advance(now)
         held_per_request = per_request[second] if per_request is not None else None
+        capacity = (fleet.ready + fleet.ready_within(now)) * model.capacity_at(held_per_request)
         waiting = queue
-        per_replica = model.capacity_at(held_per_request)
-        if release_rps is not None and waiting >= WHOLE_REQUEST and (fleet.pending
-                                                                     or fleet.starting):
-            per_replica = min(per_replica, release_rps)
-        capacity = (fleet.ready + fleet.ready_within(now)) * per_replica
         served = min(waiting + arriving, capacity)
         queue = waiting + arriving - served
         served_per_s.append(served)
@@ -445,21 +438,8 @@ def simulate(trace: traces.Trace, policy: scaling.ScalingPolicy, model: ReplicaM
         "hpa": (policy, HPA, 1, model),
         "oracle": (planned, _following(plan), 1, instant),
     }
-    paced = {"sluice": release_rps(policy, model)}
-    return {name: run(arrivals, scaler_policy, decides, tick, replicas, plan[0], signal,
-                      paced.get(name))
+    return {name: run(arrivals, scaler_policy, decides, tick, replicas, plan[0], signal)
             for name, (scaler_policy, decides, tick, replicas) in scalers.items()}
-
-
-def release_rps(policy: scaling.ScalingPolicy, model: ReplicaModel) -> float | None:
-    """Requests/s a ready replica takes from sluice's queue while others of the revision start:
-    the router releases a waiting wave at the policy's ``release_concurrency`` in flight per
-    replica (control/core.py ``_route``), each in flight the service time. None when the
-    policy does not pace (rps, custom metrics) or the service time is unknown. Knative's
-    activator (no containerConcurrency) and an HPA's proxy do not pace."""
-    if not policy.release_concurrency or not model.service_s:
-        return None
-    return policy.release_concurrency / model.service_s
 
 
 def kpa_on_concurrency(policy: scaling.ScalingPolicy, typical_signal: float,

@@ -82,6 +82,30 @@ def held_until(gate: asyncio.Event) -> Answer:
     return answer
 
 
+class WorksOn:
+    """Answer 200 after `service_s` of work, at most `parallelism` requests at a time (the rest
+    wait inside the server, as at a GPU); records the most it held at once."""
+
+    def __init__(self, parallelism: int, service_s: float) -> None:
+        self.slots = asyncio.Semaphore(parallelism)
+        self.service_s = service_s
+        self.holding = 0
+        self.most = 0
+
+    async def __call__(self, head: bytes, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> bool:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            async with self.slots:
+                await asyncio.sleep(self.service_s)
+        finally:
+            self.holding -= 1
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+
 async def never_answer(head: bytes, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> bool:
     with contextlib.suppress(ConnectionError):

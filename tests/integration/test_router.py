@@ -93,6 +93,26 @@ async def test_a_wave_at_zero_is_released_at_the_policy_pace_so_later_replicas_s
         assert len(second.heads) >= 4
 
 
+@pytest.mark.parametrize(("parallelism", "most"), [(1_000, range(16, 61)), (1, range(1, 4))])
+async def test_the_release_pace_grows_to_what_a_replica_takes_without_slowing(
+        start_router, parallelism, most):
+    """60 requests wait at zero, paced at 1 in flight. A replica that works on any number at
+    once answers as fast at every load, and the pace doubles each round trip (the wave drains
+    in ~6 instead of 60); one that works on 1 at a time answers slower once 2 wait inside it,
+    and the pace stays within 1 of what it takes."""
+    server = replicas.WorksOn(parallelism, 0.05)
+    paced = {"release_concurrency": 1, "concurrency": 0}
+    async with replicas.Replica(server) as replica:
+        router = start_router(service(revision("v1", **paced)))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            waiting = [asyncio.create_task(infer(session, router)) for _ in range(60)]
+            await router.wait_for(lambda s: s["v1"]["buffered"] == 60)
+            await router.put_routes(service(revision("v1", endpoints=[replica.url], **paced)))
+            statuses = [r.status for r in await asyncio.gather(*waiting)]
+    assert statuses == [200] * 60
+    assert server.most in most
+
+
 async def test_buffer_overflow_gets_503_with_retry_after_at_once(start_router):
     router = start_router(service(revision("v1"), buffer={"depth": 3}))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:

@@ -160,26 +160,6 @@ def test_concurrency_from_zero_guesses_once_then_buys_the_load_not_the_cold_star
     assert sluice.ready[-1] == math.ceil(400 / CAPACITY)
 
 
-def test_sluice_releases_a_wave_at_its_pace_while_replicas_start_then_at_once():
-    """400 rps from zero at a never-served revision (1 in flight of 20 ms per replica: 50 rps
-    at the aim) whose replicas could serve any number: the first, ready halfway through second
-    32, takes 25 of the queue in that half (the router's pace); in second 33 the other seven
-    become ready halfway too; from 34 none starts and the queue goes at once. Knative's
-    activator does not pace: the KPA's first replica takes the whole queue."""
-    rates = [0] * 30 + [400] * 20
-    the_trace = trace(rates, from_zero=True, cold_start_s=2.5, service_s=0.02)
-    the_policy = scale_to_zero(metric="concurrency", target=1, target_utilization=1.0,
-                               max_replicas=8)
-    runs = model.simulate(the_trace, the_policy,
-                          model.replica_model(the_trace, the_policy, capacity=1e6))
-    sluice, kpa = runs["sluice"].series, runs["kpa"].series
-    assert sluice.ready[32:35] == [0, 1, 8]  # at each second's start
-    assert sluice.queue[32] == pytest.approx(2 * 400 + 400 - 0.5 * 50)
-    assert sluice.queue[33] == pytest.approx(sluice.queue[32] + 400 - (1 + 7 * 0.5) * 50)
-    assert sluice.queue[34] == 0
-    assert kpa.queue[32] == 0
-
-
 def test_concurrency_policy_needs_a_service_time():
     with pytest.raises(model.UsageError, match="--service-time"):
         model.replica_model(trace([100]), policy(metric="concurrency", target=10))
