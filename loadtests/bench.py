@@ -407,7 +407,10 @@ def release_section(args: argparse.Namespace) -> str:
         "bench publishes each replica as its readiness passes, as the controller does. "
         "*unpaced*: no `release_concurrency` (before); *paced*: `release_concurrency` = "
         f"ceil(target {args.wave_target:g} x targetUtilization {args.wave_utilization:g}) = "
-        f"{pace}, what the controller sets from a concurrency ScalingPolicy. {args.rounds} "
+        f"{pace}, what the controller sets from a concurrency ScalingPolicy; each replica "
+        "then takes one more per answer within 1.5x its fastest and one fewer per slower "
+        f"answer (router/balancer.py), which holds these servers near {args.wave_parallelism}. "
+        f"{args.rounds} "
         "interleaved rounds, median shown; latency is from sending to the whole answer, "
         "replica start-up included.", "",
         "| release | release_concurrency | p50 ms | p99 ms | most on one replica | replicas "
