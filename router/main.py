@@ -188,20 +188,27 @@ def run_workers(settings: RouterSettings, argv: list[str],
     """Start the worker processes, run the admin API with `serve`, then drain the workers."""
     rundir = tempfile.mkdtemp(prefix="sluice-router-")  # 0700: only we reach the workers
     sockets = [os.path.join(rundir, f"worker-{i}.sock") for i in range(settings.workers)]
-    port = settings.port or _free_port(settings.host)
+    port, reserved = settings.port, None
+    if not port:
+        reserved = reserve_port(settings.host)
+        port = int(reserved.getsockname()[1])
     argv = [*_without_listen(argv), "--listen", f"{settings.host}:{port}"]
     procs = [subprocess.Popen([sys.executable, "-m", "router.main", *argv, "--worker-socket", s])
              for s in sockets]
     try:
         deadline = time.monotonic() + 30
-        while not all(os.path.exists(s) for s in sockets):
+        while not all(os.path.exists(s) for s in sockets):  # each binds the port before
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("sluice router: a worker process exited during start-up")
             if time.monotonic() > deadline:
                 raise SystemExit("sluice router: workers did not start within 30 s")
             time.sleep(0.05)
+        if reserved is not None:
+            reserved.close()  # the workers hold the port now
         serve(sockets, port, procs)
     finally:
+        if reserved is not None:
+            reserved.close()
         stop_workers(procs, settings.drain_timeout_s + 5)
         for path in sockets:
             with contextlib.suppress(OSError):
@@ -209,10 +216,18 @@ def run_workers(settings: RouterSettings, argv: list[str],
         os.rmdir(rundir)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def reserve_port(host: str) -> socket.socket:
+    """A socket bound to a free port with SO_REUSEPORT, not listening: it holds the port
+    against every other program until the workers, binding it with SO_REUSEPORT too, listen
+    on it (connections go only to listening sockets)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def raise_fd_limit() -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import signal
+import socket
 
 import aiohttp
 import pytest
 
+from router import main
 from tests.integration import replicas
 from tests.integration.conftest import INFER, PAYLOAD, service, wait_until_refused
 
@@ -183,3 +186,25 @@ async def test_what_is_left_at_the_drain_timeout_is_answered_503(start_router):
                 assert response.headers["Retry-After"] == "1"
                 assert (await response.json())["error"] == "the router is shutting down"
         assert router.proc.wait(30) == 0
+
+
+def test_the_port_workers_share_is_held_from_its_choice_until_they_listen():
+    """Without --listen's port the router picks one for its workers: no other program may take
+    it meanwhile (a plain bind is refused), while a worker binding it with SO_REUSEPORT, as
+    each does, listens on it and gets its connections."""
+    reserved = main.reserve_port("127.0.0.1")
+    port = reserved.getsockname()[1]
+    try:
+        with socket.socket() as other, pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))
+        assert refused.value.errno == errno.EADDRINUSE
+        with socket.socket() as worker:
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", port))
+            worker.listen()
+            worker.settimeout(5)
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                accepted, _ = worker.accept()
+                accepted.close()
+    finally:
+        reserved.close()
