@@ -461,9 +461,6 @@ class Controller:
             else:
                 self._dirty.done(item)
 
-    def _later(self, item: tuple[str, str, str], delay_s: float) -> None:
-        self._dirty.add_after(item, delay_s)
-
     async def _reconcile(self, policy: Policy) -> None:
         try:
             spec = resources.ScalingPolicySpec.model_validate(policy.obj.get("spec") or {})
@@ -616,7 +613,7 @@ class Controller:
             self.rollout_problems[key] = status.Condition(
                 status.PROGRESSING, False, "RevisionsNotReady",
                 f"no enforced ScalingPolicy for {service}/{', '.join(missing)} yet")
-            self._later(("rollout", namespace, name), 2.0)
+            self._dirty.add_after(("rollout", namespace, name), 2.0)
             return
         if running is not None:  # the spec changed: the rollout starts over
             control.rollouts.forget(service)
@@ -632,7 +629,7 @@ class Controller:
         except driver.RolloutError as error:
             self.rollout_problems[key] = status.Condition(
                 status.PROGRESSING, False, "Refused", str(error))
-            self._later(("rollout", namespace, name), 5.0)
+            self._dirty.add_after(("rollout", namespace, name), 5.0)
             return
         self.rollout_problems.pop(key, None)
         self.rollout_generations[(namespace, service)] = generation
