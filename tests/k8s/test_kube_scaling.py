@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from kubernetes import client
 
 from loadtests import run, shapes
+from tests.integration.prometheus import Prometheus
 from tests.k8s import kserve, sluice, waiting
 from tests.k8s.pods import get_json, is_ready
 
@@ -232,3 +234,83 @@ async def test_a_locust_step_ends_at_the_count_the_local_stack_reaches_for_the_s
     last = [(desired, ready) for at, desired, ready in seen if began + 30 < at < began + 39]
     assert last and all(3 <= desired <= 5 for desired, _ in last), "\n".join(reasons)
     assert any(3 <= ready <= 5 for _, ready in last), last
+
+
+async def test_a_custom_signal_scales_the_predictor_through_prometheus(
+        k8s_cluster, k8s_namespace, cluster, installed_crds, kserve_crd, kubelet, make_gpu_node,
+        tmp_path):
+    """vLLM's KV-cache gauge as a platform scales on it: a real Prometheus scrapes the model
+    servers behind the predictor pods, labelled with namespace and InferenceService as a
+    platform's relabelling does, and the controller queries it. Each request holds a quarter of
+    a replica's cache (4) for 0.4 s; 6 kept in flight at a target of half a cache each need
+    ceil(6 / 4 / 0.5) = 3 replicas, and with the load gone the count returns to minReplicas."""
+    make_gpu_node(f"{cluster.namespace}-node")
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    prometheus = Prometheus(tmp_path / "prometheus", [], file_sd=targets)
+    controller = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick", "0.5",
+                                          "--prometheus-url", prometheus.url)
+    stop = asyncio.Event()
+
+    async def discover(predictors: str) -> None:
+        # What kubernetes_sd does in a platform's Prometheus; Debian's build leaves it out.
+        while not stop.is_set():
+            found = [{"targets": [f"{pod.status.pod_ip}:{kserve.PORT}"],
+                      "labels": {"namespace": k8s_namespace, "pod": pod.metadata.name,
+                                 "inferenceservice": SERVICE}}
+                     for pod in cluster.pods(predictors) if pod.status.pod_ip]
+            written = targets.with_suffix(".new")
+            written.write_text(json.dumps(found))
+            written.replace(targets)  # whole, never half-written
+            await asyncio.sleep(0.5)
+
+    discovery = None
+    try:
+        router, predictors = serve_isvc(
+            cluster, tmp_path, metric="custom:kv-cache", target=0.5, minReplicas=1,
+            initialScale=1, maxReplicas=4, stableWindowSeconds=6, panicWindowPercentage=50,
+            command=kserve.model_server_command(SERVICE, "--latency", "0.4",
+                                                "--kv-cache-capacity", "4"),
+            signal={"query": "avg(avg_over_time(vllm:gpu_cache_usage_perc{"
+                             'namespace="$namespace", inferenceservice="$service"}[3s]))',
+                    "type": "AverageValue", "lagSeconds": 4, "timeoutSeconds": 1})
+        discovery = asyncio.create_task(discover(predictors))
+        deployment = kserve.predictor_name(SERVICE)
+        await waiting.eventually(lambda: cluster.policy_status("fraud-v1").get("ready") == 1,
+                                 timeout_s=TIMEOUT_S, what="the initial replica ready",
+                                 seen=lambda: cluster.policy_status("fraud-v1"))
+        await waiting.eventually(
+            lambda: cluster.condition("fraud-v1", "SignalMissing").get("reason") == "SignalRead",
+            timeout_s=TIMEOUT_S, what="the signal read from Prometheus",
+            seen=lambda: cluster.condition("fraud-v1", "SignalMissing"))
+        loaded = asyncio.Event()
+        answers: collections.Counter[int] = collections.Counter()
+
+        async def keep_one_in_flight(session: aiohttp.ClientSession) -> None:
+            while not loaded.is_set():
+                answers[(await infer(session, router))[0]] += 1
+
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+            load = [asyncio.create_task(keep_one_in_flight(session)) for _ in range(6)]
+            try:
+                await waiting.eventually(
+                    lambda: cluster.replicas(deployment) >= 3, timeout_s=TIMEOUT_S,
+                    what="3 replicas for 6 requests in flight",
+                    seen=lambda: cluster.policy_status("fraud-v1"))
+            finally:
+                loaded.set()
+                await asyncio.gather(*load)
+        assert set(answers) == {200}, answers
+        assert cluster.replicas(deployment) <= 4
+        assert any(": 1 → " in e["note"] or ": 2 → " in e["note"]
+                   for e in cluster.events("ScaledUp")), "scaled up from the initial replica"
+        await waiting.eventually(lambda: cluster.replicas(deployment) == 1, timeout_s=TIMEOUT_S,
+                                 what="back to minReplicas once the cache empties",
+                                 seen=lambda: cluster.policy_status("fraud-v1"))
+    finally:
+        stop.set()
+        if discovery is not None:
+            await discovery
+        controller.close()
+        prometheus.close()
