@@ -217,9 +217,9 @@ def run_workers(settings: RouterSettings, argv: list[str],
 
 
 def reserve_port(host: str) -> socket.socket:
-    """A socket bound to a free port with SO_REUSEPORT, not listening: it holds the port
-    against every other program until the workers, binding it with SO_REUSEPORT too, listen
-    on it (connections go only to listening sockets)."""
+    """A socket bound to a free port with SO_REUSEPORT, not listening: it holds the port until
+    the workers, binding it with SO_REUSEPORT too, listen on it (connections go only to
+    listening sockets); only a socket of the same user that sets SO_REUSEPORT could share it."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
