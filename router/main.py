@@ -203,8 +203,6 @@ def run_workers(settings: RouterSettings, argv: list[str],
             if time.monotonic() > deadline:
                 raise SystemExit("sluice router: workers did not start within 30 s")
             time.sleep(0.05)
-        if reserved is not None:
-            reserved.close()  # the workers hold the port now
         serve(sockets, port, procs)
     finally:
         if reserved is not None:
@@ -217,7 +215,7 @@ def run_workers(settings: RouterSettings, argv: list[str],
 
 
 def reserve_port(host: str) -> socket.socket:
-    """A socket bound to a free port with SO_REUSEPORT, not listening: it holds the port until
+    """A socket bound to a free port with SO_REUSEPORT, not listening: it holds the port while
     the workers, binding it with SO_REUSEPORT too, listen on it (connections go only to
     listening sockets); only a socket of the same user that sets SO_REUSEPORT could share it."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
