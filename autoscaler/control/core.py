@@ -14,7 +14,9 @@ Publishing is its own task, woken whenever the table changes (a replica became r
 drain, a weight moved): a ready replica joins the routes at once, and a retiring one is
 released (stopped) only after every router has accepted a table without it, so no request is
 sent to a stopping replica. A removed revision leaves the table the same way, then its replicas
-are scaled to zero and closed and its state is dropped.
+are scaled to zero and closed and its state is dropped. A driver that learns its revisions one
+at a time (a controller starting, or newly elected) holds the first publish until it knows them
+all (``whole``): the routers keep their last table meanwhile.
 
 A rollout (autoscaler/rollouts/) steers revisions through four calls: ``set_weights`` (published
 at once as one table), a replica ``floor`` the decider's count is raised to, parking (``hold``
@@ -192,7 +194,8 @@ class Core:
                  load: ports.LoadSource | None = None, store: ports.StateStore | None = None,
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0,
                  decider_: Decider[Any] = SLUICE, load_stale_s: float | None = None,
-                 signals_: ports.SignalSource | None = None) -> None:
+                 signals_: ports.SignalSource | None = None,
+                 whole: asyncio.Event | None = None) -> None:
         self.capacity = capacity
         self.publisher = publisher
         self.load_source = load
@@ -216,6 +219,10 @@ class Core:
         self._publishes = asyncio.Condition()
         self._published: routing.RouteTable | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._whole = whole
+        """Set by the driver once it has upserted every revision it knows of; nothing is
+        published before. A restarted controller adds revisions one reconcile at a time, and a
+        table sent between two of them would take a serving revision out of every router."""
 
     # the set of revisions
 
@@ -466,6 +473,8 @@ class Core:
         self._changed()
 
     async def _publish_forever(self) -> None:
+        if self._whole is not None:
+            await self._whole.wait()
         failures = 0
         while True:
             await self._dirty.wait()

@@ -12,7 +12,9 @@ list, then watch with bookmarks, re-list on 410), and per namespace runs one con
   before it is Ready (a router is not Ready until it holds a table);
 - StateStore is each ScalingPolicy's status: the decider's memory is written there about every
   ``state_interval_s`` (spread over policies, and not while it says what it said last) and a
-  restarted controller resumes from it.
+  restarted controller resumes from it. Nor does it publish before it has reconciled every
+  policy and Rollout it found once: routers keep their table until each revision they serve is
+  known again, at the weights its Rollout's status records.
 
 A ScalingPolicy's route-table name is ``spec.service``/``spec.revision``: the namespace's
 routers serve the revisions of their service. Its status says what was decided and why
@@ -258,6 +260,12 @@ class Controller:
         self._rollouts_lock = asyncio.Lock()
         self._nodes_cache: tuple[str, list[capacity.Node]] = ("", [])
         self._tasks: list[asyncio.Task[None]] = []
+        self._first_pass: set[tuple[str, str, str]] = set()
+        """Keys of the objects found when this controller began to act, not yet reconciled
+        once (or deleted since)."""
+        self._whole = asyncio.Event()
+        """Set once ``_first_pass`` is empty: the cores publish from then on, so routers
+        keep their table until every revision they serve is known again."""
 
     # running
 
@@ -283,6 +291,10 @@ class Controller:
             if self.elector is not None:  # a standby keeps its caches warm, acts once elected
                 await self.elector.elected.wait()
                 logger.info("leading: %s", self.elector.term)
+            self._first_pass = {("policy", *key) for key in self.policies} | {
+                ("rollout", r["metadata"].get("namespace", ""), r["metadata"].get("name", ""))
+                for r in self.rollouts_informer}
+            self._passed()
             self._tasks += [asyncio.create_task(self._reconcile_forever(), name=f"reconcile-{i}")
                             for i in range(self.settings.reconcile_workers)]
             self._tasks.append(asyncio.create_task(self._status_forever(), name="status"))
@@ -396,6 +408,7 @@ class Controller:
         metadata = change.object.get("metadata", {})
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
         if change.type is informer.ChangeType.DELETED:
+            self._passed(("rollout", *key))
             self._forget_rollout(change.object)
             return
         annotations = metadata.get("annotations") or {}
@@ -460,6 +473,7 @@ class Controller:
                                      namespace, name, delay)
             else:
                 self._dirty.done(item)
+            self._passed(item)  # tried once: one that keeps failing holds no router's table
 
     async def _reconcile(self, policy: Policy) -> None:
         try:
@@ -571,7 +585,13 @@ class Controller:
         logger.info("ScalingPolicy %s/%s not enforced: %s", policy.namespace, policy.name,
                     problem.message)
 
+    def _passed(self, *items: tuple[str, str, str]) -> None:
+        self._first_pass.difference_update(items)
+        if not self._first_pass:
+            self._whole.set()
+
     def _forget(self, key: tuple[str, str]) -> None:
+        self._passed(("policy", *key))
         policy = self.policies.pop(key, None)
         self.writer.forget(*key)
         if policy is not None:
@@ -722,7 +742,7 @@ class Controller:
             store = StatusStore(self, namespace)
             control_core = core.Core(capacity=Capacity(self, namespace), publisher=publisher,
                                      load=client_, store=store, tick_s=self.settings.tick_s,
-                                     signals_=self.metrics)
+                                     signals_=self.metrics, whole=self._whole)
             control = NamespaceControl(control_core, client_, store, driver.Rollouts(
                 control_core, client_, self.metrics, metrics_missing=(
                     "custom metrics need a Prometheus: start the controller with "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -146,9 +147,13 @@ def cluster(k8s_cluster: Cluster, k8s_namespace) -> Iterator[sluice.Cluster]:
 
 @pytest.fixture
 def controller(k8s_cluster, k8s_namespace, installed_crds, kserve_crd,
-               tmp_path) -> Iterator[sluice.ControllerProcess]:
+               tmp_path, request) -> Iterator[sluice.ControllerProcess]:
+    """The controller for the test's namespace; its log is shown if the test failed."""
     started = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick", "0.5")
+    failures_before = request.session.testsfailed
     yield started
+    if request.session.testsfailed > failures_before:
+        sys.stderr.write(f"--- the controller's log ---\n{started.proc.output()}\n")
     started.close()
 
 

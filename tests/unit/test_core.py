@@ -282,6 +282,27 @@ async def test_a_revision_added_while_a_publish_is_in_flight_is_kept_and_publish
     assert routers.revisions() == {"model": ["v1", "v2"]}
 
 
+async def test_nothing_is_published_until_the_driver_knows_every_revision():
+    """A restarted controller learns its revisions one reconcile at a time: a table sent
+    between two would take the canary out of every router (its weights jump)."""
+    routers, whole = Routers(), asyncio.Event()
+    control = core.Core(capacity=NoGpus(), publisher=routers, load=routers, clock=Clock(),
+                        whole=whole)
+    running = asyncio.create_task(control.run())
+    try:
+        control.upsert(target("v1", weight=50), MemoryReplicas())
+        for _ in range(20):  # what the publishing task takes to send a table, and more
+            await asyncio.sleep(0)
+        assert routers.tables == []
+        control.upsert(target("v2", weight=50), MemoryReplicas())
+        whole.set()
+        await control.published()
+        assert [routers.revisions() for _ in routers.tables] == [{"model": ["v1", "v2"]}]
+    finally:
+        running.cancel()
+        await control.close()
+
+
 async def test_a_service_whose_revisions_are_all_removed_is_not_published_empty():
     control, routers, _ = new_core()
     replicas = MemoryReplicas()
