@@ -29,9 +29,11 @@ from going backwards) wherever state outlives the process.
 
 Missing load (no router reported a revision: routers restarting or unreachable) is no reason to
 scale: a tick without a revision's load leaves its replicas as they are (a revision never
-decided yet gets its policy's initial count), and no decision lowers a revision's count while
-its load is older than ``load_stale_s``. That load then expires: a stale ``buffered`` drives no
-decision (a poke's own count still starts replicas), status shows none and says LoadMissing.
+decided yet gets its policy's initial count, unless it already runs replicas: a restarted
+controller's revisions are not idle until the routers say so), and no decision lowers a
+revision's count while its load is older than ``load_stale_s``. That load then expires: a
+stale ``buffered`` drives no decision (a poke's own count still starts replicas), status shows
+none and says LoadMissing.
 Silence may be traffic no router could count, so it never scales a revision to zero; when the
 routers answer again, the decider acts on what they say, down as well as up.
 
@@ -114,8 +116,9 @@ class Revision:
     state: Any
     decision: decider.ScalingDecision | None = None
     load: ports.RevisionLoad = ports.NO_LOAD
-    load_at: float = 0.0
-    """When ``load`` was reported (on the core's clock); when the revision was added, before."""
+    load_at: float = -math.inf
+    """When ``load`` was reported (on the core's clock); never, before the first report. A
+    revision just added, by a restarted controller too, is not idle: no router has spoken."""
     poke_to_start_ms: float | None = None
     """From the router's poke to a replica start requested, the last time a poke started one."""
     signal: ports.Reading | None = None
@@ -241,8 +244,7 @@ class Core:
         state = self.store.load(ports.StateKey.scaling(target.key), self.decider.state_type)
         if state is None:
             state = self.decider.fresh()
-        self.revisions[target.key] = Revision(target, replicas, target.weight, state,
-                                              load_at=self.clock())
+        self.revisions[target.key] = Revision(target, replicas, target.weight, state)
         self._changed()
 
     def remove(self, key: ports.Key, *, keep_replicas: bool = False) -> None:
@@ -350,8 +352,9 @@ class Core:
                 revision.load = ports.NO_LOAD
             if readings is not None and revision.target.policy.signal is not None:
                 revision.signal = readings.get(key, ports.Reading(None, "not read this tick"))
-            if revision.removing or (load is None and revision.decision is not None):
-                continue
+            if revision.removing or (load is None and (revision.decision is not None
+                                                       or revision.replicas.desired)):
+                continue  # held; deciding on nothing would put zeros in the decider's memory
             try:
                 self._decide(revision)
             except Exception:  # one revision's failure must not starve the others
@@ -569,8 +572,9 @@ class Core:
             conditions = sorted(str(c) for c in decision.conditions) if decision else []
             if self._stale(revision, now):
                 load = ports.NO_LOAD
-                conditions.append(f"LoadMissing: no load reported for "
-                                  f"{now - revision.load_at:.0f} s")
+                conditions.append("LoadMissing: no load reported yet" if math.isinf(
+                    revision.load_at) else f"LoadMissing: no load reported for "
+                    f"{now - revision.load_at:.0f} s")
             signal_problem = (signal_value(revision.signal)[1]
                               if revision.target.policy.signal is not None else None)
             if signal_problem is not None:

@@ -467,3 +467,34 @@ def test_the_table_says_why_in_a_sentence_and_keeps_a_place_for_pacing():
     control.upsert(target("v1"), MemoryReplicas(failure="its command cannot start"))
     (row,) = control.table().services["model"].revisions  # type: ignore[union-attr]
     assert row.unavailable == "its command cannot start"
+
+
+
+async def test_a_restarted_core_lowers_no_count_before_the_routers_report_load():
+    """A controller that starts again beside a Deployment that serves, its decider's memory
+    older than the stable window, has not heard from the routers yet: their silence is not
+    zero load, and the memory is no reason to scale down either."""
+    store = JsonStore()
+    before, routers, clock = new_core(store)
+    serving = MemoryReplicas()
+    before.upsert(target(maxReplicas=20), serving)
+    routers.loads[("model", "v1")] = ports.RevisionLoad(concurrency=10.0, inflight=10)
+    for _ in range(5):
+        await before.tick()
+        serving.become_ready()
+        clock.now += 1
+    assert serving.desired == 10
+
+    after = core.Core(capacity=NoGpus(), publisher=routers, load=Routers(), store=store,
+                      clock=clock)
+    clock.now += 120  # the memory's newest sample is older than the 60 s stable window
+    after.upsert(target(maxReplicas=20), serving)
+    await after.tick()  # no router has answered yet
+    clock.now += 1
+    await after.tick()
+    assert serving.desired == 10
+    after.load_source = routers  # the routers answer: the count follows what they say
+    routers.loads[("model", "v1")] = ports.RevisionLoad(concurrency=15.0, inflight=15)
+    clock.now += 1
+    await after.tick()
+    assert serving.desired == 15
