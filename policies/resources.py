@@ -243,6 +243,13 @@ class ScalingPolicyStatus(_ResourceModel):
         None, ge=0, description="Replicas the controller last asked the Deployment for.",
     )
     ready: int | None = Field(None, ge=0, description="Replicas ready to serve at the last tick.")
+    weight: int | None = Field(
+        None, ge=0, le=100,
+        description=(
+            "The share of the service's traffic, in percent, the routers give this revision. "
+            "A restarted controller starts from it where no Rollout records the weights."
+        ),
+    )
     reason: str | None = Field(
         None, max_length=1024,
         description="Why the count is what it is, in a sentence: the demand and what it needs.",
@@ -441,6 +448,7 @@ SCALING_POLICY = Resource(
         PrinterColumn("Max", "integer", ".spec.maxReplicas", "Replica ceiling; 0: none."),
         PrinterColumn("Desired", "integer", ".status.desired", "Replicas asked for."),
         PrinterColumn("Ready", "integer", ".status.ready", "Replicas ready to serve."),
+        PrinterColumn("Weight", "integer", ".status.weight", "Percent of the traffic."),
         AGE_COLUMN,
         PrinterColumn(
             "Deployment", "string", ".spec.scaleTargetRef.name", "The scaled Deployment.",

@@ -13,8 +13,8 @@ list, then watch with bookmarks, re-list on 410), and per namespace runs one con
 - StateStore is each ScalingPolicy's status: the decider's memory is written there about every
   ``state_interval_s`` (spread over policies, and not while it says what it said last) and a
   restarted controller resumes from it. Nor does it publish before it has reconciled every
-  policy and Rollout it found once: routers keep their table until each revision they serve is
-  known again, at the weights its Rollout's status records.
+  policy and Rollout it found once (``first_pass_s`` at most): routers keep their table until
+  each revision they serve is known again, at the weights its Rollout's status records.
 
 A ScalingPolicy's route-table name is ``spec.service``/``spec.revision``: the namespace's
 routers serve the revisions of their service. Its status says what was decided and why
@@ -108,6 +108,12 @@ class ControllerSettings:
     Rollout with custom metrics is refused, and a custom signal is missing, saying so."""
     prometheus_timeout_s: float = 2.0
     """Seconds one PromQL query may take; a slower answer counts as no answer."""
+    first_pass_s: float = 30.0
+    """Seconds a starting (or newly elected) controller waits at most for its first reconcile
+    of every policy and Rollout it found before it publishes route tables anyway (one whose
+    reconcile keeps failing is then left out of them until it succeeds). Routers serve their
+    last table meanwhile; a router that has none (new, or restarted) waits with them. Default
+    30: a few retries of a failed GET, well inside a buffered request's timeout."""
 
 
 @dataclass
@@ -295,6 +301,7 @@ class Controller:
                 ("rollout", r["metadata"].get("namespace", ""), r["metadata"].get("name", ""))
                 for r in self.rollouts_informer}
             self._passed()
+            asyncio.get_running_loop().call_later(self.settings.first_pass_s, self._first_pass_due)
             self._tasks += [asyncio.create_task(self._reconcile_forever(), name=f"reconcile-{i}")
                             for i in range(self.settings.reconcile_workers)]
             self._tasks.append(asyncio.create_task(self._status_forever(), name="status"))
@@ -473,7 +480,7 @@ class Controller:
                                      namespace, name, delay)
             else:
                 self._dirty.done(item)
-            self._passed(item)  # tried once: one that keeps failing holds no router's table
+                self._passed(item)
 
     async def _reconcile(self, policy: Policy) -> None:
         try:
@@ -514,7 +521,7 @@ class Controller:
                  if template is not None and spec.gpus_per_replica else None)
         control = self._namespace(policy.namespace)
         revision = ports.RevisionTarget(service=spec.service, revision=spec.revision,
-                                        policy=spec, weight=self._weight(policy.namespace, spec),
+                                        policy=spec, weight=self._weight(policy, spec),
                                         namespace=policy.namespace)
         old_key, old_target = policy.key, (policy.replicas.target if policy.replicas else None)
         if old_key is not None and (old_key != (spec.service, spec.revision)
@@ -562,16 +569,21 @@ class Controller:
                 f"{resources.EXTERNAL_AUTOSCALER!r}")
         return None
 
-    def _weight(self, namespace: str, spec: resources.ScalingPolicySpec) -> int:
-        """A revision's weight until a rollout sets one: what its Rollout's status says (so a
-        restarted controller publishes the weights the routers already serve), else the
-        service's first revision takes the traffic and later ones (a canary) get none."""
+    def _weight(self, policy: Policy, spec: resources.ScalingPolicySpec) -> int:
+        """A revision's weight until a rollout sets one: what its Rollout's status says, else
+        what its own status says (a Rollout may be deleted once it is done), so a restarted
+        controller publishes the weights the routers already serve; else the service's first
+        revision takes the traffic and later ones (a canary) get none."""
+        namespace = policy.namespace
         control = self.namespaces.get(namespace)
         if control is not None and control.core.has((spec.service, spec.revision)):
             return control.core.weight((spec.service, spec.revision))
         recorded = _rollout_weights(self.rollout_for(namespace, spec.service))
         if spec.revision in recorded:
             return recorded[spec.revision]
+        own = (policy.obj.get("status") or {}).get("weight")
+        if isinstance(own, int) and 0 <= own <= rollout.FULL_WEIGHT:
+            return own
         taken = control is not None and control.core.revisions_of(spec.service)
         return 0 if taken else 100
 
@@ -588,6 +600,14 @@ class Controller:
     def _passed(self, *items: tuple[str, str, str]) -> None:
         self._first_pass.difference_update(items)
         if not self._first_pass:
+            self._whole.set()
+
+    def _first_pass_due(self) -> None:
+        if not self._whole.is_set():
+            logger.warning("publishing route tables without %s: not reconciled within %g s",
+                           ", ".join(f"{kind} {ns}/{name}" for kind, ns, name in
+                                     sorted(self._first_pass)), self.settings.first_pass_s)
+            self._first_pass.clear()
             self._whole.set()
 
     def _forget(self, key: tuple[str, str]) -> None:
@@ -836,8 +856,9 @@ class Controller:
                                          policy.obj.get("metadata", {}).get("resourceVersion"))
         else:
             assert policy.replicas is not None
-            shown = (revision.decision, policy.replicas.counts(), policy.replicas.failure,
-                     policy.replicas.unschedulable, policy.replicas.desired, revision.signal,
+            shown = (revision.decision, revision.weight, policy.replicas.counts(),
+                     policy.replicas.failure, policy.replicas.unschedulable,
+                     policy.replicas.desired, revision.signal,
                      policy.generation, policy.obj.get("metadata", {}).get("resourceVersion"))
         state = self._state(policy, now)
         if shown == policy.shown and state is None:
@@ -869,6 +890,7 @@ class Controller:
             if signal is not None:
                 conditions.append(signal)
             body.update(desired=policy.replicas.desired, ready=counts.ready,
+                        weight=revision.weight,
                         reason=status.explain(decision, policy.spec) if decision else "")
             self._events(policy, decision, failure)
         body["conditions"] = status.rendered(conditions, previous, now, policy.generation)

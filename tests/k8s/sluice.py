@@ -297,6 +297,10 @@ class Cluster:
         return self.custom.get_namespaced_custom_object(
             resources.GROUP, resources.VERSION, self.namespace, resources.ROLLOUT.plural, name)
 
+    def delete_rollout(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, self.namespace, resources.ROLLOUT.plural, name)
+
     def annotate_rollout(self, name: str, command: str) -> None:
         """What ``kubectl annotate rollout.sluice.dev/NAME sluice.dev/command=...`` does."""
         self.custom.patch_namespaced_custom_object(

@@ -190,6 +190,36 @@ async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restar
     assert later and not any("step 1/3" in note for note in later), later
 
 
+async def test_a_promoted_canary_keeps_the_traffic_after_its_rollout_is_deleted_and_a_restart(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    """Once the Rollout is deleted only the policies' status records the weights: a restarted
+    controller (and a router that lost its table with it) serve v2 still, not the first
+    revision reconciled."""
+    make_gpu_node(f"{cluster.namespace}-node")
+    router = serve_two_revisions(cluster)
+    load = Load(router, tmp_path)
+    try:
+        await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
+                         "load on v1")
+        cluster.create_rollout(rollout_policy())
+        await eventually(lambda: phase(cluster) == "Promoted", "the rollout promoted")
+    finally:
+        await load.stop()
+    await eventually(lambda: [cluster.policy_status(p).get("weight") for p in
+                              ("fraud-v1", "fraud-v2")] == [0, 100], "the weights in status")
+    cluster.delete_rollout("fraud-v2")
+    controller.stop()
+    (pod,) = cluster.pods("app.kubernetes.io/name=sluice-router")
+    os.kill(kubelet.pids(cluster.namespace)[pod.metadata.name], signal.SIGKILL)
+    await eventually(lambda: any(
+        c.restart_count for c in cluster.pods("app.kubernetes.io/name=sluice-router")[0]
+        .status.container_statuses or []), "the router's process restarted")
+    controller.start()  # the router's only table now comes from the new controller
+    await eventually(lambda: all(map(is_ready, cluster.pods(
+        "app.kubernetes.io/name=sluice-router"))), "the router Ready again")
+    assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 0, "v2": 100}
+
+
 async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_reset_is_not_judged(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
     make_gpu_node(f"{cluster.namespace}-node")

@@ -196,8 +196,8 @@ def test_crd_names_scope_subresource_and_columns(resource):
     [
         pytest.param(
             resources.SCALING_POLICY, "sp",
-            ["Service", "Revision", "Metric", "Target", "Min", "Max", "Desired", "Ready", "Age",
-             "Deployment"],
+            ["Service", "Revision", "Metric", "Target", "Min", "Max", "Desired", "Ready", "Weight",
+             "Age", "Deployment"],
             id="ScalingPolicy",
         ),
         pytest.param(
