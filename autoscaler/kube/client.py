@@ -1,9 +1,10 @@
 """The Kubernetes API as sluice's controller uses it: a narrow asyncio seam.
 
-``KubeApi`` is the whole interface: list and watch any kind, get one object, read and set a
-Deployment's replicas through ``/scale`` only (the RBAC promises the controller never edits a
-workload), merge-patch a custom resource's ``/status``, write events.k8s.io/v1 Events, and
-read/create/update coordination.k8s.io Leases with optimistic concurrency (leader election).
+``KubeApi`` is the whole interface: list and watch any kind, get one object, ask whether it
+may do something (a SelfSubjectAccessReview), read and set a Deployment's replicas through
+``/scale`` only (the RBAC promises the controller never edits a workload), merge-patch a
+custom resource's ``/status``, write events.k8s.io/v1 Events, and read/create/update
+coordination.k8s.io Leases with optimistic concurrency (leader election).
 ``Client`` implements it over kubernetes_asyncio; a unit test of the control core can stand a
 fake in its place.
 
@@ -93,6 +94,8 @@ INFERENCE_SERVICES = Kind("serving.kserve.io", "v1beta1", "inferenceservices",
                           "InferenceService")
 EVENTS = Kind("events.k8s.io", "v1", "events", "Event", model="EventsV1Event")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease", model="V1Lease")
+SELF_SUBJECT_ACCESS_REVIEWS = Kind("authorization.k8s.io", "v1", "selfsubjectaccessreviews",
+                                   "SelfSubjectAccessReview", namespaced=False)
 
 
 class KubeError(Exception):
@@ -165,6 +168,8 @@ class KubeApi(Protocol):
               timeout_s: int = 300) -> AsyncGenerator[WatchEvent, None]: ...
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Any: ...
+
+    async def allowed(self, verb: str, kind: Kind, namespace: str | None = None) -> bool: ...
 
     async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> Any: ...
 
@@ -333,6 +338,18 @@ class Client:
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Any:
         return self._decode(kind, await self._call("GET", kind.path(namespace, name)))
+
+    async def allowed(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
+        """Whether this client may ``verb`` objects of ``kind`` (in ``namespace``; None: all
+        namespaces, or a cluster-scoped kind), as ``kubectl auth can-i`` asks: a
+        SelfSubjectAccessReview, which any authenticated user may create, writes nothing."""
+        review = await self._call("POST", SELF_SUBJECT_ACCESS_REVIEWS.path(), body={
+            "apiVersion": SELF_SUBJECT_ACCESS_REVIEWS.api_version,
+            "kind": SELF_SUBJECT_ACCESS_REVIEWS.kind,
+            "spec": {"resourceAttributes": {"verb": verb, "group": kind.group,
+                                            "resource": kind.plural,
+                                            **({"namespace": namespace} if namespace else {})}}})
+        return bool((review.get("status") or {}).get("allowed"))
 
     # writes
 

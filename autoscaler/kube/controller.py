@@ -201,11 +201,12 @@ class Capacity:
             return None
         owner = self._controller.policy_for(self._namespace,
                                             ports.StateKey.scaling(target.key))
-        if owner is None or owner.replicas is None:
+        nodes = self._controller.nodes()
+        if owner is None or owner.replicas is None or nodes is None:
             return None
         shape = owner.shape or capacity.ReplicaShape(policy.gpus_per_replica, policy.gpu_resource)
         return capacity.capacity(
-            self._controller.nodes(), self._controller.index.capacity_pods.values(), shape,
+            nodes, self._controller.index.capacity_pods.values(), shape,
             [pod.key for pod in owner.replicas.members()]).free_gpus
 
 
@@ -239,7 +240,7 @@ class Controller:
         self.policies_informer = informer.Informer(api, client.SCALING_POLICIES,
                                                    namespace=namespace)
         self.pods_informer = informer.Informer(api, client.PODS, namespace=namespace)
-        self.nodes_informer = informer.Informer(api, client.NODES)
+        self.nodes_informer: informer.Informer | None = informer.Informer(api, client.NODES)
         self.isvc_informer: informer.Informer | None = informer.Informer(
             api, client.INFERENCE_SERVICES, namespace=namespace)
         self.rollouts_informer = informer.Informer(api, client.ROLLOUTS, namespace=namespace)
@@ -279,10 +280,10 @@ class Controller:
         """Watch, decide and act until cancelled."""
         if not await self._has_inference_services():
             self.isvc_informer = None
-        informers = [self.pods_informer, self.nodes_informer, self.policies_informer,
-                     self.rollouts_informer]
+        if not await self._may_watch_nodes():
+            self.nodes_informer = None
+        informers = self._informers()
         if self.isvc_informer is not None:
-            informers.append(self.isvc_informer)
             self.isvc_informer.add_handler(self._on_isvc)
         self.pods_informer.add_handler(self._on_pod)
         self.policies_informer.add_handler(self._on_policy)
@@ -293,7 +294,7 @@ class Controller:
             await asyncio.gather(*(i.synced.wait() for i in informers))
             logger.info("watching %s: %d ScalingPolicies, %d pods, %d nodes",
                         self.settings.namespace or "all namespaces", len(self.policies_informer),
-                        len(self.pods_informer), len(self.nodes_informer))
+                        len(self.pods_informer), len(self.nodes_informer or ()))
             if self.elector is not None:  # a standby keeps its caches warm, acts once elected
                 await self.elector.elected.wait()
                 logger.info("leading: %s", self.elector.term)
@@ -322,8 +323,9 @@ class Controller:
         await self.events.close()
 
     def _informers(self) -> list[informer.Informer]:
-        return [self.pods_informer, self.nodes_informer, self.policies_informer,
-                self.rollouts_informer, *([self.isvc_informer] if self.isvc_informer else [])]
+        return [self.pods_informer, self.policies_informer, self.rollouts_informer,
+                *([self.nodes_informer] if self.nodes_informer else []),
+                *([self.isvc_informer] if self.isvc_informer else [])]
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self._informers())
@@ -342,9 +344,26 @@ class Controller:
             return True  # the informer retries; the CRD is probably there
         return True
 
+    async def _may_watch_nodes(self) -> bool:
+        """Whether the RBAC lets it watch nodes (in namespaced mode it may not): without, GPU
+        capacity is unknown and nothing else changes."""
+        try:
+            allowed = all([await self.api.allowed(verb, client.NODES)
+                           for verb in ("list", "watch")])
+        except client.KubeError:
+            return True  # the informer retries; the grant is probably there
+        if not allowed:
+            logger.warning("may not watch nodes (manifests/rbac/namespaced/nodes.yaml grants it):"
+                           " GPU capacity is unknown, so a policy with gpusPerReplica may ask for"
+                           " replicas that no node can hold")
+        return allowed
+
     # reading the caches
 
-    def nodes(self) -> list[capacity.Node]:
+    def nodes(self) -> list[capacity.Node] | None:
+        """The nodes' GPU inventory; None when the controller may not see nodes."""
+        if self.nodes_informer is None:
+            return None
         version = self.nodes_informer.resource_version or ""
         if self._nodes_cache[0] != version:
             self._nodes_cache = (version, [inventory.node(n) for n in self.nodes_informer])

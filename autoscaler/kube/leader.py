@@ -484,6 +484,9 @@ class FencedApi:
     async def get(self, kind: client.Kind, namespace: str | None, name: str) -> Any:
         return await self._api.get(kind, namespace, name)
 
+    async def allowed(self, verb: str, kind: client.Kind, namespace: str | None = None) -> bool:
+        return await self._api.allowed(verb, kind, namespace)  # a question, not a write
+
     async def get_scale(self, namespace: str, name: str) -> k8s.V1Scale:
         return await self._api.get_scale(namespace, name)
 

@@ -65,6 +65,16 @@ def k8s_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     Waiting matters: a leftover Pending pod would otherwise be scheduled onto the GPU nodes of
     the next test.
     """
+    yield from _fresh_namespace(k8s_cluster)
+
+
+@pytest.fixture
+def models_namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    """A second fresh namespace, where the models run apart from the controller's account."""
+    yield from _fresh_namespace(k8s_cluster)
+
+
+def _fresh_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:8]}"
     with k8s_cluster.api_client() as api:
         core = client.CoreV1Api(api)

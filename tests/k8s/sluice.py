@@ -84,20 +84,24 @@ CONTROLLER = "sluice-controller"
 ROUTER_TOKEN = "router-admin-token-for-tests"
 
 
-def rbac_documents(namespace: str) -> list[dict[str, Any]]:
+def rbac_documents(namespace: str, models_namespace: str | None = None) -> list[dict[str, Any]]:
     """manifests/rbac's ServiceAccount, ClusterRole, leader-election Role and bindings, the
     account in ``namespace`` and the cluster-scoped names made unique to it (tests run one
-    controller each)."""
+    controller each). With ``models_namespace``, namespaced mode as the README applies it: the
+    Role of namespaced/role.yaml in that namespace instead of the ClusterRole, no nodes."""
     import yaml
 
-    documents = [document for path in (RBAC_DIR / "serviceaccount.yaml",
-                                       RBAC_DIR / "clusterrole.yaml",
+    rules = (RBAC_DIR / "clusterrole.yaml" if models_namespace is None
+             else RBAC_DIR / "namespaced" / "role.yaml")
+    documents = [document for path in (RBAC_DIR / "serviceaccount.yaml", rules,
                                        RBAC_DIR / "leader-election.yaml")
                  for document in yaml.safe_load_all(path.read_text())]
     for document in documents:
         metadata = document["metadata"]
         if "namespace" in metadata:
             metadata["namespace"] = namespace
+        elif document["kind"] in ("Role", "RoleBinding"):
+            metadata["namespace"] = models_namespace  # kubectl apply -n MODELS
         else:
             metadata["name"] = f"{metadata['name']}-{namespace}"
         for subject in document.get("subjects", []):
@@ -112,17 +116,20 @@ class ControllerAccount:
     kubeconfig with its token (context namespace ``namespace``): a process that uses it may do
     exactly what the controller may. ``close()`` deletes the cluster-scoped parts."""
 
-    def __init__(self, cluster: Any, namespace: str, work_dir: Path) -> None:
+    def __init__(self, cluster: Any, namespace: str, work_dir: Path,
+                 models_namespace: str | None = None) -> None:
         from kubernetes import utils
 
         self.cluster = cluster
-        self.documents = rbac_documents(namespace)
+        self.documents = rbac_documents(namespace, models_namespace)
         with cluster.api_client() as api:
             for document in self.documents:
-                utils.create_from_dict(api, document)
+                utils.create_from_dict(api, document, namespace=document["metadata"].get(
+                    "namespace", "default"))
             self.token = client.CoreV1Api(api).create_namespaced_service_account_token(
                 CONTROLLER, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-            _poll(lambda: _can_watch_policies(api, namespace), what="RBAC to take effect")
+            _poll(lambda: _can_watch_policies(api, namespace, models_namespace or namespace),
+                  what="RBAC to take effect")
         self.kubeconfig = work_dir / f"controller-{namespace}.kubeconfig"
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "sluice",
@@ -150,9 +157,11 @@ class ControllerProcess:
     that manifests/rbac binds: whatever it does, those permissions allow."""
 
     def __init__(self, cluster: Any, namespace: str, work_dir: Path, *args: str,
-                 account: ControllerAccount | None = None, all_namespaces: bool = False) -> None:
+                 account: ControllerAccount | None = None, all_namespaces: bool = False,
+                 manages: str | None = None) -> None:
         """With ``account``, run as that (shared) account; else make one and own it. With
-        ``all_namespaces``, ``-A`` (its account still in ``namespace``)."""
+        ``all_namespaces``, ``-A``, with ``manages``, ``-n manages`` (its account still in
+        ``namespace``)."""
         from tests import procs
 
         self.cluster = cluster
@@ -161,9 +170,9 @@ class ControllerProcess:
         self.account = account or ControllerAccount(cluster, namespace, work_dir)
         self.kubeconfig = self.account.kubeconfig
         self.health_port = procs.free_port()
+        scope = ["-A"] if all_namespaces else ["-n", manages or namespace]
         self.argv = [sys.executable, "-m", "autoscaler.cli", "controller", "--kubeconfig",
-                     str(self.kubeconfig), *(["-A"] if all_namespaces else ["-n", namespace]),
-                     "--health-listen",
+                     str(self.kubeconfig), *scope, "--health-listen",
                      f"127.0.0.1:{self.health_port}", *args]
         self.proc: Any = None
         self.start()
@@ -183,11 +192,11 @@ class ControllerProcess:
             self.account.close()
 
 
-def _can_watch_policies(api: client.ApiClient, namespace: str) -> bool:
+def _can_watch_policies(api: client.ApiClient, namespace: str, where: str) -> bool:
     review = client.AuthorizationV1Api(api).create_subject_access_review({"spec": {
         "user": f"system:serviceaccount:{namespace}:{CONTROLLER}",
         "resourceAttributes": {"verb": "watch", "group": "sluice.dev",
-                               "resource": "scalingpolicies", "namespace": namespace}}})
+                               "resource": "scalingpolicies", "namespace": where}}})
     return bool(review.status.allowed)
 
 

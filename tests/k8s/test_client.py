@@ -260,6 +260,8 @@ async def test_in_cluster_config_uses_the_service_account(k8s_cluster, admin, k8
         assert api.server == k8s_cluster.server
         with pytest.raises(client.ApiError) as forbidden:
             await api.list(client.PODS, namespace=k8s_namespace)
+        assert not await api.allowed("list", client.PODS, k8s_namespace)  # asking is allowed
+        assert not await api.allowed("watch", client.NODES)
     assert forbidden.value.status == 403
     assert f"system:serviceaccount:{k8s_namespace}:default" in forbidden.value.message
 
@@ -272,6 +274,11 @@ async def test_missing_configuration_is_a_clear_error(tmp_path):
             client.ClientSettings(service_account_dir=tmp_path),
             environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"},
         )
+
+
+async def test_allowed_says_what_rbac_grants(kube, k8s_namespace):
+    assert await kube.allowed("watch", client.NODES)  # the admin
+    assert await kube.allowed("patch", client.DEPLOYMENTS, k8s_namespace)
 
 
 async def test_not_found_is_its_own_error(kube, k8s_namespace):

@@ -356,8 +356,10 @@ def test_get_shows_spec_and_status_columns(custom_objects, k8s_namespace, kind, 
     assert cells == columns
 
 
-def _rbac_documents(paths: list[Path], namespace: str) -> list[dict[str, Any]]:
-    """The manifests with their namespace (sluice-system) replaced by the test's."""
+def _rbac_documents(paths: list[Path], namespace: str,
+                    applied_in: str | None = None) -> list[dict[str, Any]]:
+    """The manifests with their namespace (sluice-system) replaced by the test's; a namespaced
+    object that names none goes to ``applied_in``, as ``kubectl apply -n`` puts it."""
     documents = [
         document
         for path in paths
@@ -366,6 +368,9 @@ def _rbac_documents(paths: list[Path], namespace: str) -> list[dict[str, Any]]:
     for document in documents:
         if "namespace" in document["metadata"]:
             document["metadata"]["namespace"] = namespace
+        elif document["kind"] in ("Role", "RoleBinding"):
+            assert applied_in is not None, f"{document['kind']} without a namespace"
+            document["metadata"]["namespace"] = applied_in
         for subject in document.get("subjects", []):
             subject["namespace"] = namespace
     return documents
@@ -382,7 +387,8 @@ def _applied(api: client.ApiClient, documents: list[dict[str, Any]]) -> Iterator
     created = []
     try:
         for document in documents:
-            utils.create_from_dict(api, document)
+            utils.create_from_dict(api, document,
+                                   namespace=document["metadata"].get("namespace", "default"))
             created.append(document)
         yield
     finally:
@@ -396,20 +402,22 @@ Permission = tuple[str, ...]
 SubjectAccessReview's resource attributes."""
 
 NEEDED: list[Permission] = [
-    ("get", "sluice.dev", "scalingpolicies", ""),
     ("list", "sluice.dev", "scalingpolicies", ""),
+    ("watch", "sluice.dev", "scalingpolicies", ""),
     ("watch", "sluice.dev", "rollouts", ""),
+    ("patch", "sluice.dev", "rollouts", ""),
     ("patch", "sluice.dev", "scalingpolicies", "status"),
     ("patch", "sluice.dev", "rollouts", "status"),
     ("get", "apps", "deployments", "scale"),
-    ("update", "apps", "deployments", "scale"),
     ("patch", "apps", "deployments", "scale"),
     ("watch", "", "pods", ""),
-    ("create", "", "events", ""),
+    ("create", "events.k8s.io", "events", ""),
     ("patch", "events.k8s.io", "events", ""),
     ("get", "apps", "deployments", ""),
     ("watch", "serving.kserve.io", "inferenceservices", ""),
 ]
+"""Each verb the controller's code uses (autoscaler/kube/client.py's calls, its informers),
+and no other: what it never does is in FORBIDDEN."""
 LEADER_ELECTION: list[Permission] = [
     ("create", "coordination.k8s.io", "leases", ""),
     ("get", "coordination.k8s.io", "leases", "", "sluice-controller"),
@@ -421,6 +429,9 @@ ROUTER_TOKEN = ("get", "", "secrets", "", "sluice-router-admin")
 READ_NODES: Permission = ("list", "", "nodes", "")
 FORBIDDEN: list[Permission] = [
     ("update", "sluice.dev", "scalingpolicies", ""),
+    ("patch", "sluice.dev", "scalingpolicies", ""),
+    ("update", "apps", "deployments", "scale"),
+    ("create", "", "events", ""),
     ("create", "sluice.dev", "scalingpolicies", ""),
     ("delete", "sluice.dev", "scalingpolicies", ""),
     ("list", "apps", "deployments", ""),
@@ -505,18 +516,25 @@ def test_cluster_role_grants_what_the_controller_needs_and_nothing_else(
 
 
 def test_namespaced_role_grants_nothing_outside_its_namespace(
-    k8s_cluster, installed_crds, k8s_namespace
+    k8s_cluster, installed_crds, k8s_namespace, models_namespace
 ):
+    """The account in the controller's namespace, the Role applied in the models' (README's
+    ``kubectl apply -n models``): what it needs there, nothing elsewhere, its Lease at home."""
     documents = _rbac_documents(
         [RBAC_DIR / "serviceaccount.yaml", *sorted((RBAC_DIR / "namespaced").glob("*.yaml")),
          RBAC_DIR / "leader-election.yaml"],
-        k8s_namespace,
+        k8s_namespace, applied_in=models_namespace,
     )
     with k8s_cluster.api_client() as api, _applied(api, documents):
-        _wait_for_rbac(api, k8s_namespace)
-        for permission in [*NEEDED, ROUTER_TOKEN, *LEADER_ELECTION]:
+        _poll(lambda: _allowed(api, k8s_namespace, NEEDED[0], models_namespace),
+              what="the controller's role binding to take effect")
+        for permission in [*NEEDED, ROUTER_TOKEN]:
+            assert _allowed(api, k8s_namespace, permission, models_namespace), permission
+            for elsewhere in (k8s_namespace, "default"):
+                assert not _allowed(api, k8s_namespace, permission, elsewhere), permission
+        for permission in LEADER_ELECTION:
             assert _allowed(api, k8s_namespace, permission, k8s_namespace), permission
-            assert not _allowed(api, k8s_namespace, permission, "default"), permission
+            assert not _allowed(api, k8s_namespace, permission, models_namespace), permission
         for permission in FORBIDDEN:
-            assert not _allowed(api, k8s_namespace, permission, k8s_namespace), permission
+            assert not _allowed(api, k8s_namespace, permission, models_namespace), permission
         assert _allowed(api, k8s_namespace, READ_NODES, "")

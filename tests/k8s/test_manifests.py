@@ -8,7 +8,9 @@
 - the controller's Deployment is accepted (a server-side dry run: its pods would need the
   image);
 - a router made from the generated objects (its pods run by the process kubelet) is found by
-  the controller, gets its route table and answers a request at zero replicas.
+  the controller, gets its route table and answers a request at zero replicas;
+- manifests/rbac/namespaced/role.yaml, applied in the models' namespace as the README says,
+  lets a controller whose account lives elsewhere scale there, without access to nodes.
 
 How each object is built is tests/unit/test_kube_manifests.py.
 """
@@ -201,3 +203,35 @@ async def test_router_from_the_generated_manifests_serves_a_request_from_zero(
                 kserve.predictor_name("fraud"), namespace).spec.replicas >= 1
         finally:
             controller.close()
+
+
+def test_namespaced_rbac_as_the_readme_applies_it_lets_the_controller_scale_without_nodes(
+        k8s_cluster, k8s_namespace, models_namespace, installed_crds, kserve_crd, tmp_path):
+    """The account in the controller's namespace, namespaced/role.yaml applied in the models'
+    and nothing cluster-wide (no nodes.yaml): the controller with ``-n`` gets Ready, says that
+    GPU capacity is unknown to it, and scales a Deployment there."""
+    account = sluice.ControllerAccount(k8s_cluster, k8s_namespace, tmp_path,
+                                       models_namespace=models_namespace)
+    with k8s_cluster.api_client() as api:
+        cluster = sluice.Cluster(api, models_namespace)
+        labels = {"app": "model"}
+        cluster.apps.create_namespaced_deployment(models_namespace, {
+            "metadata": {"name": "model"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "model", "image": "model:1"}],
+                         **sluice.KWOK_SCHEDULING}}}})
+        cluster.create_policy(sluice.scaling_policy(
+            "model-v1", "model", "v1", {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": "model"}, minReplicas=2))
+        controller = sluice.ControllerProcess(k8s_cluster, k8s_namespace, tmp_path, "--tick",
+                                              "0.5", account=account, manages=models_namespace)
+        try:
+            waiting.until(lambda: cluster.condition("model-v1", "Ready").get("reason")
+                          == "Enforced", timeout_s=TIMEOUT_S, what="the policy Enforced")
+            waiting.until(lambda: cluster.replicas("model") == 2, timeout_s=TIMEOUT_S,
+                          what="the Deployment scaled to minReplicas")
+            assert "may not watch nodes" in controller.proc.output()
+        finally:
+            controller.close()
+            account.close()
