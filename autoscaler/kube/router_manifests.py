@@ -223,12 +223,27 @@ def deployment(settings: RouterSettings) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": PRE_STOP_S + DRAIN_S + 5,
                     "securityContext": POD_SECURITY_CONTEXT,
+                    # One node lost takes one router, not all: spread over nodes where there
+                    # are several, without leaving a pod Pending where there are not.
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": selector(settings)}}],
                     "containers": [container],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
                 },
             },
         },
     }
+
+
+def disruption_budget(settings: RouterSettings) -> dict[str, Any]:
+    """A node drain (or any eviction) takes one router at a time, so the others serve while it
+    drains and its replacement starts; one router alone may still be evicted (a drain never
+    blocks on it)."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _metadata(settings),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(settings)}}}
 
 
 def service(settings: RouterSettings) -> dict[str, Any]:
@@ -287,7 +302,8 @@ def ingress(settings: RouterSettings) -> dict[str, Any]:
 
 def objects(settings: RouterSettings) -> list[dict[str, Any]]:
     """Every object, in the order to apply them."""
-    made = [deployment(settings), service(settings), network_policy(settings)]
+    made = [deployment(settings), disruption_budget(settings), service(settings),
+            network_policy(settings)]
     if settings.gateway is not None:
         made.append(http_route(settings))
     elif settings.ingress_class is not None:

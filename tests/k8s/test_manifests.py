@@ -1,10 +1,10 @@
 """What ``sluice manifests router`` writes and manifests/controller/ holds, on a real apiserver.
 
 - every generated object is created with strict field validation (an unknown or misplaced field
-  is an error, not silently dropped): the Deployment, Service, NetworkPolicy, and the
-  Ingress or the HTTPRoute. The Gateway API's CRDs are not installed here, so the HTTPRoute is
-  checked against a minimal HTTPRoute CRD written below from the Gateway API's v1 field names
-  (the fields sluice writes, typed, nothing else);
+  is an error, not silently dropped): the Deployment, PodDisruptionBudget, Service,
+  NetworkPolicy, and the Ingress or the HTTPRoute. The Gateway API's CRDs are not installed
+  here, so the HTTPRoute is checked against a minimal HTTPRoute CRD written below from the
+  Gateway API's v1 field names (the fields sluice writes, typed, nothing else);
 - the controller's Deployment is accepted (a server-side dry run: its pods would need the
   image);
 - a router made from the generated objects (its pods run by the process kubelet) is found by
@@ -82,6 +82,7 @@ def creator(api: client.ApiClient, kind: str) -> Callable[..., Any]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     networking, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
     return {
+        "PodDisruptionBudget": client.PolicyV1Api(api).create_namespaced_pod_disruption_budget,
         "ConfigMap": core.create_namespaced_config_map,
         "Service": core.create_namespaced_service,
         "Deployment": apps.create_namespaced_deployment,

@@ -144,9 +144,17 @@ def test_service_and_network_policy_select_the_router_pods(settings):
     made = by_kind(settings)
     pods = made["Deployment"]["spec"]["template"]["metadata"]["labels"]
     selector = made["Deployment"]["spec"]["selector"]["matchLabels"]
+    (spread,) = made["Deployment"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
     for chosen in (selector, made["Service"]["spec"]["selector"],
-                   made["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"]):
+                   made["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"],
+                   made["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+                   spread["labelSelector"]["matchLabels"]):
         assert chosen.items() <= pods.items()
+    # A drain takes one router at a time; routers spread over nodes, never left Pending for it.
+    assert made["PodDisruptionBudget"]["spec"] == {"maxUnavailable": 1,
+                                                   "selector": {"matchLabels": selector}}
+    assert (spread["topologyKey"], spread["maxSkew"], spread["whenUnsatisfiable"]) == (
+        "kubernetes.io/hostname", 1, "ScheduleAnyway")
     (service_port,) = made["Service"]["spec"]["ports"]
     assert service_port["targetPort"] == "http"
     router = container(made["Deployment"])
@@ -194,7 +202,8 @@ def test_ingress_sends_the_host_to_the_router_service():
 
 
 def test_without_a_gateway_or_class_no_route_is_made():
-    assert set(by_kind(IN_CLUSTER)) == {"Deployment", "Service", "NetworkPolicy"}
+    assert set(by_kind(IN_CLUSTER)) == {"Deployment", "PodDisruptionBudget", "Service",
+                                        "NetworkPolicy"}
 
 
 @pytest.mark.parametrize(("make", "field", "reason"), [
