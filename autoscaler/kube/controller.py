@@ -73,6 +73,8 @@ DEFAULT_ADMIN_PORT = router_manifests.ADMIN_PORT
 ROUTER_TOKEN_SECRET = router_manifests.TOKEN_SECRET
 ROUTER_TOKEN_KEY = router_manifests.TOKEN_KEY
 COMMAND_ANNOTATION = resources.COMMAND_ANNOTATION
+ROLLOUT_RUN_FIELDS = ("phase", "step", "weight", "verdict", "message", "lastVerdicts", "memory")
+"""A Rollout's status fields that describe its run (the rest: observedGeneration, conditions)."""
 
 
 @dataclass(frozen=True)
@@ -768,7 +770,12 @@ class Controller:
             conditions = status.rollout_conditions(state, running.action)
         body["conditions"] = status.rendered(conditions, previous, self.wall(),
                                              metadata.get("generation"))
-        await self.rollout_writer.write(namespace, name, status.validated_rollout(body))
+        written = status.validated_rollout(body)
+        if (problem is not None or running is None) and not _current(obj):
+            # What it says of a run is of an older spec: taken off (a merge patch's nulls), so
+            # no one resumes that run, or serves its weights, for this spec.
+            written.update(dict.fromkeys(ROLLOUT_RUN_FIELDS))
+        await self.rollout_writer.write(namespace, name, written)
 
     # namespaces and their routers
 
@@ -964,9 +971,16 @@ def _spread(policy: Policy) -> float:
     return 0.75 + 0.5 * (zlib.crc32(f"{policy.namespace}/{policy.name}".encode()) / 2**32)
 
 
+def _current(obj: dict[str, Any]) -> bool:
+    """Whether a Rollout's status was written for its spec as it is now."""
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    return bool(observed == obj.get("metadata", {}).get("generation"))
+
+
 def _rollout_weights(obj: dict[str, Any] | None) -> dict[str, int]:
-    """The weights a Rollout's status says its revisions have; empty before it has any."""
-    if obj is None:
+    """The weights a Rollout's status says its revisions have; empty before it has any, or
+    while they are of an older spec."""
+    if obj is None or not _current(obj):
         return {}
     spec, recorded = obj.get("spec") or {}, obj.get("status") or {}
     stable, canary = spec.get("stableRevision"), spec.get("canaryRevision")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from policies import resources
 from tests.k8s import kserve, sluice, waiting
 from tests.k8s.pods import is_ready
 from tests.k8s.rollouts import (
@@ -190,11 +191,12 @@ async def test_rollout_resumes_at_its_step_and_weights_after_a_controller_restar
     assert later and not any("step 1/3" in note for note in later), later
 
 
-async def test_a_promoted_canary_keeps_the_traffic_after_its_rollout_is_deleted_and_a_restart(
+async def test_a_promoted_canary_keeps_the_traffic_when_its_rollout_is_edited_deleted_and_restarted(
         cluster, controller, kubelet, make_gpu_node, tmp_path):
-    """Once the Rollout is deleted only the policies' status records the weights: a restarted
-    controller (and a router that lost its table with it) serve v2 still, not the first
-    revision reconciled."""
+    """A Rollout's run belongs to its spec: edited (a canary with no policy yet), the old run
+    is taken off its status, so nothing resumes it. Deleted, only the policies' status
+    records the weights: a restarted controller (and a router that lost its table with it)
+    serve v2 still, not the first revision reconciled."""
     make_gpu_node(f"{cluster.namespace}-node")
     router = serve_two_revisions(cluster)
     load = Load(router, tmp_path)
@@ -207,6 +209,16 @@ async def test_a_promoted_canary_keeps_the_traffic_after_its_rollout_is_deleted_
         await load.stop()
     await eventually(lambda: [cluster.policy_status(p).get("weight") for p in
                               ("fraud-v1", "fraud-v2")] == [0, 100], "the weights in status")
+    edited = cluster.custom.patch_namespaced_custom_object(
+        resources.GROUP, resources.VERSION, cluster.namespace, resources.ROLLOUT.plural,
+        "fraud-v2", {"spec": {"canaryRevision": "v3"}})["metadata"]["generation"]
+    await eventually(lambda: cluster.rollout("fraud-v2")["status"].get("observedGeneration")
+                     == edited, "the edit observed")
+    left = cluster.rollout("fraud-v2")["status"]
+    assert not {"phase", "weight", "memory"} & set(left), left
+    progressing = next(c for c in left["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "RevisionsNotReady", progressing
+    assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 0, "v2": 100}
     cluster.delete_rollout("fraud-v2")
     controller.stop()
     (pod,) = cluster.pods("app.kubernetes.io/name=sluice-router")
