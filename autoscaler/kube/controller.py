@@ -269,9 +269,10 @@ class Controller:
         self._rollouts_lock = asyncio.Lock()
         self._nodes_cache: tuple[str, list[capacity.Node]] = ("", [])
         self._tasks: list[asyncio.Task[None]] = []
-        self._first_pass: set[tuple[str, str, str]] = set()
+        self._first_pass: set[tuple[str, str, str]] | None = None
         """Keys of the objects found when this controller began to act, not yet reconciled
-        once (or deleted since)."""
+        once (or deleted since); None before it acts (a standby's deletes count for nothing)."""
+        self._first_pass_timer: asyncio.TimerHandle | None = None
         self._whole = asyncio.Event()
         """Set once ``_first_pass`` is empty: the cores publish from then on, so routers
         keep their table until every revision they serve is known again."""
@@ -304,7 +305,8 @@ class Controller:
                 ("rollout", r["metadata"].get("namespace", ""), r["metadata"].get("name", ""))
                 for r in self.rollouts_informer}
             self._passed()
-            asyncio.get_running_loop().call_later(self.settings.first_pass_s, self._first_pass_due)
+            self._first_pass_timer = asyncio.get_running_loop().call_later(
+                self.settings.first_pass_s, self._first_pass_due)
             self._tasks += [asyncio.create_task(self._reconcile_forever(), name=f"reconcile-{i}")
                             for i in range(self.settings.reconcile_workers)]
             self._tasks.append(asyncio.create_task(self._status_forever(), name="status"))
@@ -313,6 +315,8 @@ class Controller:
             await self.close()
 
     async def close(self) -> None:
+        if self._first_pass_timer is not None:
+            self._first_pass_timer.cancel()
         tasks = self._tasks + [n.task for n in self.namespaces.values() if n.task is not None]
         for task in tasks:
             task.cancel()
@@ -326,8 +330,8 @@ class Controller:
 
     def _informers(self) -> list[informer.Informer]:
         return [self.pods_informer, self.policies_informer, self.rollouts_informer,
-                *([self.nodes_informer] if self.nodes_informer else []),
-                *([self.isvc_informer] if self.isvc_informer else [])]
+                *([self.nodes_informer] if self.nodes_informer is not None else []),
+                *([self.isvc_informer] if self.isvc_informer is not None else [])]
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self._informers())
@@ -574,9 +578,9 @@ class Controller:
 
     def _kserve_problem(self, namespace: str, name: str) -> status.Condition | None:
         """Why an InferenceService's predictor cannot be scaled by sluice, or None."""
-        isvc = self.isvc_informer.get(namespace, name) if self.isvc_informer else None
+        isvc = self.isvc_informer.get(namespace, name) if self.isvc_informer is not None else None
         if isvc is None:
-            where = "" if self.isvc_informer else " (KServe's CRD is not installed)"
+            where = "" if self.isvc_informer is not None else " (KServe's CRD is not installed)"
             return status.Condition(status.READY, False, "TargetNotFound",
                                     f"InferenceService {name} not found in {namespace}{where}")
         annotations = isvc.get("metadata", {}).get("annotations") or {}
@@ -602,9 +606,11 @@ class Controller:
         recorded = _rollout_weights(self.rollout_for(namespace, spec.service))
         if spec.revision in recorded:
             return recorded[spec.revision]
-        own = (policy.obj.get("status") or {}).get("weight")
-        if isinstance(own, int) and 0 <= own <= rollout.FULL_WEIGHT:
-            return own
+        recorded_own = policy.obj.get("status") or {}
+        own = recorded_own.get("weight")
+        if (isinstance(own, int) and 0 <= own <= rollout.FULL_WEIGHT
+                and recorded_own.get("observedGeneration") == policy.generation):
+            return own  # written for this spec: an edited one may name another revision
         taken = control is not None and control.core.revisions_of(spec.service)
         return 0 if taken else 100
 
@@ -619,12 +625,14 @@ class Controller:
                     problem.message)
 
     def _passed(self, *items: tuple[str, str, str]) -> None:
+        if self._first_pass is None:
+            return
         self._first_pass.difference_update(items)
         if not self._first_pass:
             self._whole.set()
 
     def _first_pass_due(self) -> None:
-        if not self._whole.is_set():
+        if self._first_pass and not self._whole.is_set():
             logger.warning("publishing route tables without %s: not reconciled within %g s",
                            ", ".join(f"{kind} {ns}/{name}" for kind, ns, name in
                                      sorted(self._first_pass)), self.settings.first_pass_s)
@@ -714,6 +722,9 @@ class Controller:
         command = (metadata.get("annotations") or {}).get(COMMAND_ANNOTATION)
         if command is None:
             return
+        # Reconciled but for the command, which waits for its weights to be published: a
+        # first pass that waited for it in turn would hold both for the pass's whole timeout.
+        self._passed(("rollout", metadata["namespace"], metadata["name"]))
         try:
             if command == rollout.RESTORE:
                 await control.rollouts.restore(service)
@@ -754,6 +765,8 @@ class Controller:
         control = self.namespaces.get(namespace)
         service = (obj.get("spec") or {}).get("service", "")
         running = control.rollouts.drivers.get(service) if control else None
+        if self.rollout_generations.get((namespace, service)) != metadata.get("generation"):
+            running = None  # the driver runs an older spec (the edit is not reconciled yet)
         body: dict[str, Any] = {"observedGeneration": metadata.get("generation")}
         if problem is not None or running is None:
             conditions = [problem or status.Condition(status.PROGRESSING, False, "Pending",

@@ -254,6 +254,7 @@ SCALING_POLICY_STATUS = {
     "observedGeneration": 1,
     "desired": 3,
     "ready": 2,
+    "weight": 100,
     "conditions": [
         {
             "type": "CapacityLimited",
@@ -320,7 +321,7 @@ ROLLOUT_STATUS = {
             "ScalingPolicy", SCALING_POLICY_STATUS,
             {"Name": "fraud-model-v2", "Service": "fraud-model", "Revision": "v2",
              "Metric": "rps", "Target": 2.5, "Min": 1, "Max": 20, "Desired": 3, "Ready": 2,
-             "Deployment": "fraud-model-v2"},
+             "Weight": 100, "Deployment": "fraud-model-v2"},
             id="ScalingPolicy",
         ),
         pytest.param(
