@@ -148,6 +148,16 @@ class Policy:
         value = self.obj.get("metadata", {}).get("generation")
         return int(value) if value is not None else None
 
+    @property
+    def service_named(self) -> str | None:
+        """The service its spec names, before the spec is validated."""
+        service = (self.obj.get("spec") or {}).get("service")
+        return service if isinstance(service, str) else None
+
+    def created(self) -> tuple[str, str]:
+        """Creation time (RFC 3339, which sorts as text), then name: the older comes first."""
+        return (str(self.obj.get("metadata", {}).get("creationTimestamp") or ""), self.name)
+
 
 class StatusStore:
     """The StateStore of one namespace's core: a decider's memory lives in its ScalingPolicy's
@@ -597,8 +607,9 @@ class Controller:
     def _weight(self, policy: Policy, spec: resources.ScalingPolicySpec) -> int:
         """A revision's weight until a rollout sets one: what its Rollout's status says, else
         what its own status says (a Rollout may be deleted once it is done), so a restarted
-        controller publishes the weights the routers already serve; else the service's first
-        revision takes the traffic and later ones (a canary) get none."""
+        controller publishes the weights the routers already serve; else the revision of the
+        service's oldest policy takes the traffic unless another has it, and later ones (a
+        canary) get none."""
         namespace = policy.namespace
         control = self.namespaces.get(namespace)
         if control is not None and control.core.has((spec.service, spec.revision)):
@@ -611,8 +622,15 @@ class Controller:
         if (isinstance(own, int) and 0 <= own <= rollout.FULL_WEIGHT
                 and recorded_own.get("observedGeneration") == policy.generation):
             return own  # written for this spec: an edited one may name another revision
-        taken = control is not None and control.core.revisions_of(spec.service)
-        return 0 if taken else 100
+        # The service's first policy takes the traffic, decided by creation (then name), not
+        # by which reconcile ran first: two applied at once would otherwise race for it.
+        first = min((p for p in self.policies.values() if p is policy or (
+                        p.namespace == namespace and p.problem is None
+                        and p.service_named == spec.service)),
+                    key=Policy.created, default=policy)
+        taken = control is not None and any(
+            control.core.weight((spec.service, r)) for r in control.core.revisions_of(spec.service))
+        return 100 if first is policy and not taken else 0
 
     def _unmanage(self, policy: Policy, problem: status.Condition,
                   spec: resources.ScalingPolicySpec | None = None) -> None:
