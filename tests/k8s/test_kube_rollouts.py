@@ -43,10 +43,15 @@ async def eventually(predicate: Any, what: str, timeout_s: float = TIMEOUT_S) ->
     await waiting.eventually(predicate, timeout_s=timeout_s, what=what)
 
 
-async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
-        cluster, controller, kubelet, make_gpu_node, tmp_path):
-    make_gpu_node(f"{cluster.namespace}-node")
-    router = serve_two_revisions(cluster)
+ROUTERS = "app.kubernetes.io/name=sluice-router"
+
+
+def weights(router: str) -> dict[str, int]:
+    return {r: s["weight"] for r, s in router_stats(router).items()}
+
+
+async def promoted_under_load(cluster: sluice.Cluster, router: str, tmp_path: Any) -> Any:
+    """Locust on v1, then the short rollout to v2 until Promoted; the load's summary."""
     load = Load(router, tmp_path)
     try:
         await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
@@ -55,6 +60,24 @@ async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
         await eventually(lambda: phase(cluster) == "Promoted", "the rollout promoted")
     finally:
         summary = await load.stop()
+    return summary
+
+
+async def kill_router_process(cluster: sluice.Cluster, kubelet: Any) -> None:
+    """SIGKILL the router's process; the kubelet starts it again in the same pod (same IP),
+    without a table: it is Ready again only once a controller has published one to it."""
+    (pod,) = cluster.pods(ROUTERS)
+    os.kill(kubelet.pids(cluster.namespace)[pod.metadata.name], signal.SIGKILL)
+    await eventually(lambda: any(c.restart_count for c in cluster.pods(ROUTERS)[0]
+                                 .status.container_statuses or []),
+                     "the router's process restarted")
+
+
+async def test_rollout_promotes_a_good_canary_through_every_step_under_load(
+        cluster, controller, kubelet, make_gpu_node, tmp_path):
+    make_gpu_node(f"{cluster.namespace}-node")
+    router = serve_two_revisions(cluster)
+    summary = await promoted_under_load(cluster, router, tmp_path)
     assert summary.failures == 0, summary.status_codes
     status = cluster.rollout("fraud-v2")["status"]
     assert (status["weight"], status["step"]) == (100, 2)
@@ -199,14 +222,7 @@ async def test_a_promoted_canary_keeps_the_traffic_when_its_rollout_is_edited_de
     serve v2 still, not the first revision reconciled."""
     make_gpu_node(f"{cluster.namespace}-node")
     router = serve_two_revisions(cluster)
-    load = Load(router, tmp_path)
-    try:
-        await eventually(lambda: router_stats(router)["v1"]["requests"]["total"] > 100,
-                         "load on v1")
-        cluster.create_rollout(rollout_policy())
-        await eventually(lambda: phase(cluster) == "Promoted", "the rollout promoted")
-    finally:
-        await load.stop()
+    await promoted_under_load(cluster, router, tmp_path)
     await eventually(lambda: [cluster.policy_status(p).get("weight") for p in
                               ("fraud-v1", "fraud-v2")] == [0, 100], "the weights in status")
     edited = cluster.custom.patch_namespaced_custom_object(
@@ -218,18 +234,13 @@ async def test_a_promoted_canary_keeps_the_traffic_when_its_rollout_is_edited_de
     assert not {"phase", "weight", "memory"} & set(left), left
     progressing = next(c for c in left["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "RevisionsNotReady", progressing
-    assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 0, "v2": 100}
+    assert weights(router) == {"v1": 0, "v2": 100}
     cluster.delete_rollout("fraud-v2")
     controller.stop()
-    (pod,) = cluster.pods("app.kubernetes.io/name=sluice-router")
-    os.kill(kubelet.pids(cluster.namespace)[pod.metadata.name], signal.SIGKILL)
-    await eventually(lambda: any(
-        c.restart_count for c in cluster.pods("app.kubernetes.io/name=sluice-router")[0]
-        .status.container_statuses or []), "the router's process restarted")
+    await kill_router_process(cluster, kubelet)
     controller.start()  # the router's only table now comes from the new controller
-    await eventually(lambda: all(map(is_ready, cluster.pods(
-        "app.kubernetes.io/name=sluice-router"))), "the router Ready again")
-    assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 0, "v2": 100}
+    await eventually(lambda: all(map(is_ready, cluster.pods(ROUTERS))), "the router Ready again")
+    assert weights(router) == {"v1": 0, "v2": 100}
 
 
 async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_reset_is_not_judged(
@@ -244,16 +255,10 @@ async def test_a_router_restarted_mid_rollout_gets_the_current_table_and_its_res
             {"weight": 20, "minDurationSeconds": 200, "minRequests": 50}, {"weight": 100}]))
         await eventually(lambda: router_stats(router)["v2"]["requests"]["total"] > 50,
                          "the canary serving its share")
-        (pod,) = cluster.pods("app.kubernetes.io/name=sluice-router")
-        os.kill(kubelet.pids(cluster.namespace)[pod.metadata.name], signal.SIGKILL)
-        # The kubelet starts the process again in the same pod (same IP): the router comes
-        # back without a table, and is Ready again only once the controller republished it.
-        await eventually(lambda: any(
-            c.restart_count for c in cluster.pods("app.kubernetes.io/name=sluice-router")[0]
-            .status.container_statuses or []), "the router's process restarted")
-        await eventually(lambda: all(map(is_ready, cluster.pods(
-            "app.kubernetes.io/name=sluice-router"))), "the router Ready again")
-        assert {r: s["weight"] for r, s in router_stats(router).items()} == {"v1": 80, "v2": 20}
+        await kill_router_process(cluster, kubelet)
+        await eventually(lambda: all(map(is_ready, cluster.pods(ROUTERS))),
+                         "the router Ready again")
+        assert weights(router) == {"v1": 80, "v2": 20}
         await eventually(lambda: any("restarted" in e["note"] for e in cluster.events("Verdict")),
                          "the interval across the restart not judged")
         # Intervals without a verdict may pause it (failureLimit); verdicts resume it.
